@@ -1,0 +1,584 @@
+//! Command line: `baton run|reload|status|switch|releases`.
+//!
+//! Hand-written rather than pulled from a parser crate: five subcommands and a
+//! dozen flags do not need one, and the exact error lines (one line, exit 2)
+//! are part of the contract.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub const MAIN_HELP: &str = "\
+baton: roll a socket-activated web application forward and back with no dropped request
+
+Usage: baton <COMMAND> [OPTIONS]
+
+Commands:
+  run       supervise the release named by current.conf (what app.service runs)
+  reload    ask the running baton for a fresh generation and wait for the outcome
+  status    show what serves, and the last rollout
+  switch    point current.conf at another release (optionally wait for it)
+  releases  list the releases beside current.conf, marking the serving one
+
+Run 'baton <COMMAND> --help' for the options of each command.
+
+Example:
+  baton run --config ~/app/release/current.conf --listen 127.0.0.1:3000
+";
+
+pub const RUN_HELP: &str = "\
+baton run: supervise the release named by current.conf
+
+Usage: baton run --config PATH [OPTIONS]
+
+current.conf is JSON naming the live release:
+  {\"bin.file\": \"~/app/release/app.2.0\", \"cfg.file\": \"~/app/release/cfg.2.0\"}
+Each release runs as `bin.file -c cfg.file` with the listening sockets as
+fds 3, 4, ... (LISTEN_FDS/LISTEN_PID set for it) and NOTIFY_SOCKET pointing at
+baton. Editing current.conf rolls the service to what it names; the old
+generation is sent SIGTERM once the new one has sent READY=1.
+
+Options:
+  --config PATH           current.conf to watch (required)
+                          e.g. --config ~/app/release/current.conf
+  --app-dir DIR           where the app runs (its working directory) and where
+                          baton keeps the links app.bin/app.cfg and its state;
+                          default: the parent of current.conf's directory
+                          e.g. --app-dir ~/app
+  --listen ADDR           bind ADDR when systemd passes no socket; repeatable
+                          e.g. --listen 127.0.0.1:3000 --listen [::]:3000
+                               --listen unix:/run/app.sock
+  --ready-timeout SPAN    how long a new generation may take to send READY=1
+                          [default: 60s] e.g. --ready-timeout 30s
+  --stop-timeout SPAN     how long a retired generation may drain after SIGTERM
+                          before SIGKILL [default: 30s] e.g. --stop-timeout 10s
+  --soak SPAN             keep the old generation serving beside the new one
+                          until the new one has been ready this long
+                          [default: 0] e.g. --soak 30s
+  --probation SPAN        a release that dies within this span of going live is
+                          replaced by the last release that survived it
+                          [default: 10s] e.g. --probation 1min
+  --insecure-permissions  roll out files that are world-writable or owned by
+                          another user (refused by default)
+  -h, --help              show this help
+
+SPAN: seconds (2, 0.5) or a systemd-style span (500ms, 2s, 1min, 1h).
+
+Example:
+  baton run --config examples/release/current.conf --listen 127.0.0.1:3000
+";
+
+pub const RELOAD_HELP: &str = "\
+baton reload: start a fresh generation of the release current.conf names
+
+Sends SIGHUP to the running baton (what `systemctl reload` does) and waits
+until the fresh generation serves (exit 0) or its rollout fails (exit 1).
+
+Usage: baton reload --config PATH [--app-dir DIR] [--timeout SPAN]
+
+Options:
+  --config PATH     current.conf of the running baton (required)
+  --app-dir DIR     as given to `baton run` [default: parent of current.conf's directory]
+  --timeout SPAN    give up waiting after SPAN [default: 120s]
+  -h, --help        show this help
+
+Example:
+  baton reload --config ~/app/release/current.conf
+";
+
+pub const STATUS_HELP: &str = "\
+baton status: what serves, and how the last rollout went
+
+Exit status: 0 serving and the last rollout succeeded, 1 the last rollout
+failed, 3 baton is not running.
+
+Usage: baton status --config PATH [--app-dir DIR] [--json]
+
+Options:
+  --config PATH   current.conf of the running baton (required)
+  --app-dir DIR   as given to `baton run` [default: parent of current.conf's directory]
+  --json          print baton's state file as JSON
+  -h, --help      show this help
+
+Example:
+  baton status --config ~/app/release/current.conf
+";
+
+pub const SWITCH_HELP: &str = "\
+baton switch: point current.conf at another release
+
+RELEASE is a bin file in current.conf's directory (app.2.0) or its version
+(2.0); the cfg file with the same version (cfg.2.0) goes with it.
+current.conf is replaced atomically (written beside it, then renamed).
+
+Usage: baton switch RELEASE --config PATH [--app-dir DIR] [--wait[=SPAN]]
+
+Options:
+  --config PATH   current.conf to rewrite (required)
+  --app-dir DIR   as given to `baton run` [default: parent of current.conf's directory]
+  --wait[=SPAN]   wait until RELEASE serves (exit 0) or its rollout fails
+                  (exit 1) [default SPAN: 120s]
+  -h, --help      show this help
+
+Example:
+  baton switch 2.0 --config ~/app/release/current.conf --wait
+";
+
+pub const RELEASES_HELP: &str = "\
+baton releases: list the releases beside current.conf
+
+Usage: baton releases --config PATH [--app-dir DIR]
+
+Options:
+  --config PATH   current.conf (required)
+  --app-dir DIR   as given to `baton run` [default: parent of current.conf's directory]
+  -h, --help      show this help
+
+Example:
+  baton releases --config ~/app/release/current.conf
+";
+
+/// What `baton run` was asked to do.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunArgs {
+    pub config: PathBuf,
+    pub app_dir: Option<PathBuf>,
+    pub listen: Vec<String>,
+    pub ready_timeout: Duration,
+    pub stop_timeout: Duration,
+    pub soak: Duration,
+    pub probation: Duration,
+    pub insecure_permissions: bool,
+}
+
+/// Where the client commands find a running baton.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    pub config: PathBuf,
+    pub app_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    Run(RunArgs),
+    Reload {
+        target: Target,
+        timeout: Duration,
+    },
+    Status {
+        target: Target,
+        json: bool,
+    },
+    Switch {
+        release: String,
+        target: Target,
+        wait: Option<Duration>,
+    },
+    Releases {
+        target: Target,
+    },
+    /// Print this text to stdout and exit 0.
+    Help(&'static str),
+    Version,
+}
+
+/// A command line that cannot be run: printed on one line, exit status 2.
+#[derive(Debug, PartialEq)]
+pub struct UsageError(pub String);
+
+impl fmt::Display for UsageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+fn usage(msg: impl Into<String>) -> UsageError {
+    UsageError(msg.into())
+}
+
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(120);
+
+/// Parses the arguments after the program name.
+pub fn parse(args: &[String]) -> Result<Command, UsageError> {
+    let Some((sub, rest)) = args.split_first() else {
+        return Err(usage("missing command; try 'baton --help'"));
+    };
+    match sub.as_str() {
+        "-h" | "--help" | "help" => Ok(Command::Help(MAIN_HELP)),
+        "-V" | "--version" => Ok(Command::Version),
+        "run" => parse_run(rest),
+        "reload" => client(rest, RELOAD_HELP, |c| Command::Reload {
+            target: c.target,
+            timeout: c.timeout.unwrap_or(DEFAULT_WAIT),
+        }),
+        "status" => client(rest, STATUS_HELP, |c| Command::Status {
+            target: c.target,
+            json: c.json,
+        }),
+        "switch" => {
+            let c = match parse_client_args(rest, SWITCH_HELP, true)? {
+                Ok(c) => c,
+                Err(help) => return Ok(help),
+            };
+            let release = c.positional.ok_or_else(|| {
+                usage("switch: missing RELEASE (e.g. 'baton switch 2.0 --config PATH')")
+            })?;
+            Ok(Command::Switch {
+                release,
+                target: c.target,
+                wait: c.wait,
+            })
+        }
+        "releases" => client(rest, RELEASES_HELP, |c| Command::Releases {
+            target: c.target,
+        }),
+        other if other.starts_with('-') => Err(usage(format!(
+            "unknown option '{other}' before the command; try 'baton --help'"
+        ))),
+        other => Err(usage(format!(
+            "unknown command '{other}'; try 'baton --help'"
+        ))),
+    }
+}
+
+/// Splits `--flag=value` and hands out values for `--flag value`.
+struct Args<'a> {
+    items: std::slice::Iter<'a, String>,
+    command: &'static str,
+}
+
+impl<'a> Args<'a> {
+    /// Next (flag, inline value) pair, or a positional argument as flag.
+    fn next(&mut self) -> Option<(&'a str, Option<&'a str>)> {
+        let arg = self.items.next()?;
+        match arg.split_once('=') {
+            Some((flag, value)) if flag.starts_with("--") => Some((flag, Some(value))),
+            _ => Some((arg.as_str(), None)),
+        }
+    }
+
+    fn value(&mut self, flag: &str, inline: Option<&'a str>) -> Result<&'a str, UsageError> {
+        match inline {
+            Some(v) => Ok(v),
+            None => self
+                .items
+                .next()
+                .map(String::as_str)
+                .ok_or_else(|| usage(format!("{}: {flag} needs a value", self.command))),
+        }
+    }
+
+    fn span(&mut self, flag: &str, inline: Option<&'a str>) -> Result<Duration, UsageError> {
+        let v = self.value(flag, inline)?;
+        parse_span(v).map_err(|e| usage(format!("{}: {flag} '{v}': {e}", self.command)))
+    }
+
+    fn no_value(&self, flag: &str, inline: Option<&str>) -> Result<(), UsageError> {
+        match inline {
+            Some(_) => Err(usage(format!("{}: {flag} takes no value", self.command))),
+            None => Ok(()),
+        }
+    }
+
+    fn unknown(&self, flag: &str) -> UsageError {
+        usage(format!(
+            "{}: unknown option '{flag}'; try 'baton {} --help'",
+            self.command, self.command
+        ))
+    }
+}
+
+fn parse_run(rest: &[String]) -> Result<Command, UsageError> {
+    let mut a = Args {
+        items: rest.iter(),
+        command: "run",
+    };
+    let mut config = None;
+    let mut run = RunArgs {
+        config: PathBuf::new(),
+        app_dir: None,
+        listen: Vec::new(),
+        ready_timeout: Duration::from_secs(60),
+        stop_timeout: Duration::from_secs(30),
+        soak: Duration::ZERO,
+        probation: Duration::from_secs(10),
+        insecure_permissions: false,
+    };
+    while let Some((flag, inline)) = a.next() {
+        match flag {
+            "-h" | "--help" => return Ok(Command::Help(RUN_HELP)),
+            "--config" => config = Some(PathBuf::from(a.value(flag, inline)?)),
+            "--app-dir" => run.app_dir = Some(PathBuf::from(a.value(flag, inline)?)),
+            "--listen" => {
+                let addr = a.value(flag, inline)?;
+                crate::sockets::ListenAddr::parse(addr)
+                    .map_err(|e| usage(format!("run: --listen '{addr}': {e}")))?;
+                run.listen.push(addr.to_owned());
+            }
+            "--ready-timeout" => run.ready_timeout = nonzero(a.span(flag, inline)?, flag)?,
+            "--stop-timeout" => run.stop_timeout = nonzero(a.span(flag, inline)?, flag)?,
+            "--soak" => run.soak = a.span(flag, inline)?,
+            "--probation" => run.probation = a.span(flag, inline)?,
+            "--insecure-permissions" => {
+                a.no_value(flag, inline)?;
+                run.insecure_permissions = true;
+            }
+            other if other.starts_with('-') => return Err(a.unknown(other)),
+            other => return Err(usage(format!("run: unexpected argument '{other}'"))),
+        }
+    }
+    run.config = config
+        .ok_or_else(|| usage("run: --config PATH is required (the current.conf to watch)"))?;
+    Ok(Command::Run(run))
+}
+
+fn nonzero(d: Duration, flag: &str) -> Result<Duration, UsageError> {
+    if d.is_zero() {
+        Err(usage(format!("run: {flag} must be greater than zero")))
+    } else {
+        Ok(d)
+    }
+}
+
+struct ClientArgs {
+    target: Target,
+    json: bool,
+    wait: Option<Duration>,
+    timeout: Option<Duration>,
+    positional: Option<String>,
+}
+
+/// Parses a client command that takes no positional argument.
+fn client(
+    rest: &[String],
+    help: &'static str,
+    build: impl FnOnce(ClientArgs) -> Command,
+) -> Result<Command, UsageError> {
+    Ok(match parse_client_args(rest, help, false)? {
+        Ok(c) => build(c),
+        Err(help) => help,
+    })
+}
+
+/// `Ok(Err(Help))` when --help was asked for.
+fn parse_client_args(
+    rest: &[String],
+    help: &'static str,
+    takes_release: bool,
+) -> Result<Result<ClientArgs, Command>, UsageError> {
+    let command = help
+        .split(':')
+        .next()
+        .unwrap_or("baton")
+        .trim_start_matches("baton ");
+    let command: &'static str = match command {
+        "reload" => "reload",
+        "status" => "status",
+        "switch" => "switch",
+        _ => "releases",
+    };
+    let mut a = Args {
+        items: rest.iter(),
+        command,
+    };
+    let mut c = ClientArgs {
+        target: Target {
+            config: PathBuf::new(),
+            app_dir: None,
+        },
+        json: false,
+        wait: None,
+        timeout: None,
+        positional: None,
+    };
+    let mut config = None;
+    while let Some((flag, inline)) = a.next() {
+        match flag {
+            "-h" | "--help" => return Ok(Err(Command::Help(help))),
+            "--config" => config = Some(PathBuf::from(a.value(flag, inline)?)),
+            "--app-dir" => c.target.app_dir = Some(PathBuf::from(a.value(flag, inline)?)),
+            "--json" if command == "status" => {
+                a.no_value(flag, inline)?;
+                c.json = true;
+            }
+            "--timeout" if command == "reload" => c.timeout = Some(a.span(flag, inline)?),
+            "--wait" if command == "switch" => {
+                c.wait = Some(match inline {
+                    Some(_) => a.span(flag, inline)?,
+                    None => DEFAULT_WAIT,
+                })
+            }
+            other if other.starts_with('-') && other.len() > 1 => return Err(a.unknown(other)),
+            other if takes_release && c.positional.is_none() => {
+                c.positional = Some(other.to_owned())
+            }
+            other => return Err(usage(format!("{command}: unexpected argument '{other}'"))),
+        }
+    }
+    c.target.config =
+        config.ok_or_else(|| usage(format!("{command}: --config PATH is required")))?;
+    Ok(Ok(c))
+}
+
+/// Parses a span: plain seconds (`2`, `0.5`) or systemd-style units
+/// (`500ms`, `2s`, `1min`, `1h`, also combined as `1min 30s`).
+pub fn parse_span(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err("empty span".into());
+    }
+    if let Ok(secs) = s.parse::<f64>() {
+        return seconds(secs);
+    }
+    let mut total = 0f64;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        if num_len == 0 {
+            return Err("expected a number, as in 2, 0.5, 500ms, 2s or 1min".into());
+        }
+        let value: f64 = rest[..num_len]
+            .parse()
+            .map_err(|_| format!("bad number '{}'", &rest[..num_len]))?;
+        rest = rest[num_len..].trim_start();
+        let unit_len = rest
+            .find(|c: char| !c.is_ascii_alphabetic())
+            .unwrap_or(rest.len());
+        let unit = &rest[..unit_len];
+        let scale = match unit {
+            "us" | "usec" | "µs" => 1e-6,
+            "ms" | "msec" => 1e-3,
+            "" | "s" | "sec" | "second" | "seconds" => 1.0,
+            "m" | "min" | "minute" | "minutes" => 60.0,
+            "h" | "hr" | "hour" | "hours" => 3600.0,
+            other => return Err(format!("unknown unit '{other}' (use ms, s, min or h)")),
+        };
+        total += value * scale;
+        rest = rest[unit_len..].trim_start();
+    }
+    seconds(total)
+}
+
+fn seconds(secs: f64) -> Result<Duration, String> {
+    if !secs.is_finite() || secs < 0.0 {
+        return Err("must be a non-negative number of seconds".into());
+    }
+    Duration::try_from_secs_f64(secs).map_err(|e| e.to_string())
+}
+
+/// Formats a span the way `parse_span` reads it back.
+pub fn format_span(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms == 0 && !d.is_zero() {
+        format!("{}us", d.as_micros())
+    } else if !ms.is_multiple_of(1000) {
+        format!("{ms}ms")
+    } else if ms.is_multiple_of(60_000) && ms > 0 {
+        format!("{}min", ms / 60_000)
+    } else {
+        format!("{}s", ms / 1000)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn spans() {
+        assert_eq!(parse_span("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_span("0.5"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_span("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_span("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_span("1min"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_span("1min 30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_span("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_span("").is_err());
+        assert!(parse_span("-1").is_err());
+        assert!(parse_span("2 fortnights").is_err());
+        assert!(parse_span("abc").is_err());
+        assert!(parse_span("nan").is_err());
+        assert_eq!(format_span(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(format_span(Duration::from_secs(120)), "2min");
+        assert_eq!(format_span(Duration::from_secs(3)), "3s");
+    }
+
+    #[test]
+    fn run_defaults_and_flags() {
+        let Command::Run(r) = parse(&args("run --config /x/current.conf")).unwrap() else {
+            panic!()
+        };
+        assert_eq!(r.ready_timeout, Duration::from_secs(60));
+        assert_eq!(r.stop_timeout, Duration::from_secs(30));
+        assert_eq!(r.probation, Duration::from_secs(10));
+        assert_eq!(r.soak, Duration::ZERO);
+        let Command::Run(r) = parse(&args(
+            "run --config=/c --listen 127.0.0.1:3000 --listen=unix:/tmp/s --ready-timeout 500ms --stop-timeout=2 --soak 1s --insecure-permissions",
+        ))
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(r.listen, vec!["127.0.0.1:3000", "unix:/tmp/s"]);
+        assert_eq!(r.ready_timeout, Duration::from_millis(500));
+        assert_eq!(r.stop_timeout, Duration::from_secs(2));
+        assert!(r.insecure_permissions);
+    }
+
+    #[test]
+    fn usage_errors() {
+        for bad in [
+            "",
+            "frobnicate",
+            "run",
+            "run --config",
+            "run --config /c --bogus",
+            "run --config /c --ready-timeout soon",
+            "run --config /c --ready-timeout 0",
+            "run --config /c --listen nowhere",
+            "run --config /c extra",
+            "status",
+            "switch --config /c",
+            "status --config /c --wait",
+        ] {
+            let e = parse(&args(bad)).expect_err(bad);
+            assert!(!e.0.contains('\n'), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn client_commands() {
+        assert_eq!(
+            parse(&args("switch 2.0 --config /c --wait=5s")).unwrap(),
+            Command::Switch {
+                release: "2.0".into(),
+                target: Target {
+                    config: "/c".into(),
+                    app_dir: None
+                },
+                wait: Some(Duration::from_secs(5)),
+            }
+        );
+        assert_eq!(
+            parse(&args("status --config /c --json")).unwrap(),
+            Command::Status {
+                target: Target {
+                    config: "/c".into(),
+                    app_dir: None
+                },
+                json: true
+            }
+        );
+        assert!(matches!(
+            parse(&args("reload --help")).unwrap(),
+            Command::Help(RELOAD_HELP)
+        ));
+    }
+}

@@ -1,0 +1,376 @@
+//! current.conf -> [`Release`].
+//!
+//! The file is JSON naming the live pair:
+//! `{"bin.file": "~/app/release/app.2.0", "cfg.file": "~/app/release/cfg.2.0"}`.
+//! A leading `~/` is the home of the user baton runs as; a relative path is
+//! relative to the directory holding current.conf. Every error names the file
+//! and the reason, and none of them is fatal: the caller keeps serving.
+
+use std::ffi::OsStr;
+use std::fmt;
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Component, Path, PathBuf};
+
+/// current.conf is a few hundred bytes; anything past this is refused
+/// unread, so a runaway file cannot grow baton's memory.
+pub const MAX_CONF_BYTES: u64 = 64 * 1024;
+
+/// The pair current.conf names: what one generation runs.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Release {
+    /// Absolute path of the executable, as named (symlinks are resolved by
+    /// the kernel at exec time, so a swapped link takes effect on the next
+    /// generation).
+    pub bin: PathBuf,
+    /// Absolute path of the config file, passed as `-c`.
+    pub cfg: PathBuf,
+}
+
+impl Release {
+    /// Short name for logs and STATUS: the bin file's name (`app.2.0`), with
+    /// the cfg file's name when it does not carry the same version.
+    pub fn name(&self) -> String {
+        let bin = file_name(&self.bin);
+        let cfg = file_name(&self.cfg);
+        let version = |n: &str| n.split_once('.').map(|(_, v)| v.to_owned());
+        match (version(&bin), version(&cfg)) {
+            (Some(a), Some(b)) if a == b => bin,
+            _ => format!("{bin} ({cfg})"),
+        }
+    }
+}
+
+impl fmt::Display for Release {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name())
+    }
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name()
+        .unwrap_or(p.as_os_str())
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Why current.conf could not be rolled out: the file and the reason.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfError {
+    pub path: PathBuf,
+    pub reason: String,
+    /// The file was read but is still being written (empty, or cut short
+    /// after a create): wait for the write to finish before complaining.
+    pub maybe_partial: bool,
+}
+
+impl fmt::Display for ConfError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path.display(), self.reason)
+    }
+}
+
+impl std::error::Error for ConfError {}
+
+/// What a release is checked against before it runs.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Home of the user baton runs as, for `~/`.
+    pub home: Option<PathBuf>,
+    /// baton's effective uid: files must be owned by it or by root.
+    pub uid: u32,
+    /// `--insecure-permissions`: allow world-writable or foreign-owned files.
+    pub insecure_permissions: bool,
+}
+
+/// A parsed current.conf, with the warnings it deserves (unknown keys).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Parsed {
+    pub release: Release,
+    pub warnings: Vec<String>,
+}
+
+/// Reads, parses and checks current.conf. Never blocks (a FIFO in its place
+/// is refused), never reads more than [`MAX_CONF_BYTES`].
+pub fn load(path: &Path, policy: &Policy) -> Result<Parsed, ConfError> {
+    let err = |reason: String| ConfError {
+        path: path.to_owned(),
+        reason,
+        maybe_partial: false,
+    };
+    let bytes = read_capped(path, policy).map_err(err)?;
+    let base = path.parent().unwrap_or(Path::new("/"));
+    let parsed = parse(&bytes, base, policy.home.as_deref()).map_err(|reason| ConfError {
+        path: path.to_owned(),
+        reason,
+        maybe_partial: bytes.is_empty()
+            || serde_json::from_slice::<serde_json::Value>(&bytes).is_err_and(|e| e.is_eof()),
+    })?;
+    check_release(&parsed.release, policy).map_err(err)?;
+    Ok(parsed)
+}
+
+fn read_capped(path: &Path, policy: &Policy) -> Result<Vec<u8>, String> {
+    // O_NONBLOCK: opening a FIFO put in place of current.conf must not wait
+    // for a writer. The type is checked on the open file, not the name.
+    let file = File::options()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| describe_io(&e))?;
+    let meta = file.metadata().map_err(|e| describe_io(&e))?;
+    let ft = meta.file_type();
+    if !ft.is_file() {
+        return Err(format!("is {}, not a regular file", kind_of(&ft)));
+    }
+    check_owner("current.conf", &meta, policy)?;
+    if meta.len() > MAX_CONF_BYTES {
+        return Err(format!(
+            "is {} bytes, more than the {MAX_CONF_BYTES} a current.conf may be",
+            meta.len()
+        ));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(MAX_CONF_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| describe_io(&e))?;
+    if bytes.len() as u64 > MAX_CONF_BYTES {
+        return Err(format!(
+            "grew past the {MAX_CONF_BYTES} bytes a current.conf may be"
+        ));
+    }
+    Ok(bytes)
+}
+
+fn kind_of(ft: &std::fs::FileType) -> &'static str {
+    if ft.is_dir() {
+        "a directory"
+    } else if ft.is_fifo() {
+        "a FIFO"
+    } else if ft.is_socket() {
+        "a socket"
+    } else if ft.is_char_device() {
+        "a character device"
+    } else if ft.is_block_device() {
+        "a block device"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// An io::Error as an operator reads it.
+pub fn describe_io(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(nix::libc::ENOENT) => "does not exist".into(),
+        Some(nix::libc::EACCES) => "permission denied".into(),
+        Some(nix::libc::ELOOP) => "too many levels of symbolic links (a symlink loop?)".into(),
+        Some(nix::libc::ENOTDIR) => "a component of the path is not a directory".into(),
+        _ => e.to_string(),
+    }
+}
+
+/// Parses current.conf's bytes. Pure: no file system access.
+pub fn parse(bytes: &[u8], base: &Path, home: Option<&Path>) -> Result<Parsed, String> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err("is empty; expected {\"bin.file\": ..., \"cfg.file\": ...}".into());
+    }
+    let value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| format!("invalid JSON: {e}"))?;
+    let serde_json::Value::Object(map) = value else {
+        return Err("must be a JSON object like {\"bin.file\": ..., \"cfg.file\": ...}".into());
+    };
+    let get = |key: &str| -> Result<PathBuf, String> {
+        match map.get(key) {
+            None => Err(format!("missing key \"{key}\"")),
+            Some(serde_json::Value::String(s)) if s.is_empty() => {
+                Err(format!("\"{key}\" is empty"))
+            }
+            Some(serde_json::Value::String(s)) if s.contains('\0') => {
+                Err(format!("\"{key}\" contains a NUL byte"))
+            }
+            Some(serde_json::Value::String(s)) => {
+                resolve(s, base, home).map_err(|e| format!("\"{key}\": {e}"))
+            }
+            Some(_) => Err(format!("\"{key}\" must be a string (a path)")),
+        }
+    };
+    let release = Release {
+        bin: get("bin.file")?,
+        cfg: get("cfg.file")?,
+    };
+    let warnings = map
+        .keys()
+        .filter(|k| !matches!(k.as_str(), "bin.file" | "cfg.file"))
+        .map(|k| format!("unknown key \"{}\" ignored", k.escape_debug()))
+        .collect();
+    Ok(Parsed { release, warnings })
+}
+
+/// `~/x` -> home/x; relative -> base/x; then `.` and `..` folded lexically.
+fn resolve(s: &str, base: &Path, home: Option<&Path>) -> Result<PathBuf, String> {
+    let joined = if s == "~" || s.starts_with("~/") {
+        let home = home.ok_or("no home directory to expand ~ in")?;
+        home.join(s.trim_start_matches('~').trim_start_matches('/'))
+    } else {
+        base.join(s)
+    };
+    Ok(normalize(&joined))
+}
+
+fn normalize(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push("/");
+                }
+                if out.as_os_str().is_empty() {
+                    out.push("/");
+                }
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
+/// The files a release names exist, are of the right kind, and are safe to
+/// run (sshd's StrictModes: anyone who can write them could run code as the
+/// service).
+pub fn check_release(release: &Release, policy: &Policy) -> Result<(), String> {
+    let bin = std::fs::metadata(&release.bin)
+        .map_err(|e| format!("bin.file {}: {}", release.bin.display(), describe_io(&e)))?;
+    if !bin.is_file() {
+        return Err(format!(
+            "bin.file {}: is {}, not a regular file",
+            release.bin.display(),
+            kind_of(&bin.file_type())
+        ));
+    }
+    if nix::unistd::access(&release.bin, nix::unistd::AccessFlags::X_OK).is_err()
+        || bin.mode() & 0o111 == 0
+    {
+        return Err(format!(
+            "bin.file {}: is not executable",
+            release.bin.display()
+        ));
+    }
+    check_owner(&format!("bin.file {}", release.bin.display()), &bin, policy)?;
+    let cfg = std::fs::metadata(&release.cfg)
+        .map_err(|e| format!("cfg.file {}: {}", release.cfg.display(), describe_io(&e)))?;
+    if cfg.is_dir() {
+        return Err(format!(
+            "cfg.file {}: is a directory",
+            release.cfg.display()
+        ));
+    }
+    check_owner(&format!("cfg.file {}", release.cfg.display()), &cfg, policy)?;
+    Ok(())
+}
+
+fn check_owner(what: &str, meta: &std::fs::Metadata, policy: &Policy) -> Result<(), String> {
+    if policy.insecure_permissions {
+        return Ok(());
+    }
+    if meta.mode() & 0o002 != 0 {
+        return Err(format!(
+            "{what} is world-writable (mode {:o}): anyone could run code as this service; \
+             chmod o-w it, or pass --insecure-permissions",
+            meta.mode() & 0o7777
+        ));
+    }
+    if meta.uid() != 0 && meta.uid() != policy.uid {
+        return Err(format!(
+            "{what} is owned by uid {}, neither root nor baton's uid {}: that user could run code as this service; \
+             chown it, or pass --insecure-permissions",
+            meta.uid(),
+            policy.uid
+        ));
+    }
+    Ok(())
+}
+
+/// True when a directory entry name is the watched file's.
+pub fn same_name(entry: &OsStr, path: &Path) -> bool {
+    path.file_name()
+        .is_some_and(|n| n.as_bytes() == entry.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> Result<Parsed, String> {
+        parse(
+            s.as_bytes(),
+            Path::new("/srv/app/release"),
+            Some(Path::new("/home/web")),
+        )
+    }
+
+    #[test]
+    fn resolves_home_relative_and_absolute() {
+        let r = p(r#"{"bin.file": "~/app/release/app.2.0", "cfg.file": "cfg.2.0"}"#).unwrap();
+        assert_eq!(r.release.bin, Path::new("/home/web/app/release/app.2.0"));
+        assert_eq!(r.release.cfg, Path::new("/srv/app/release/cfg.2.0"));
+        assert!(r.warnings.is_empty());
+        assert_eq!(r.release.name(), "app.2.0");
+        let r =
+            p(r#"{"bin.file": "/opt/x/../bin/app.1.0", "cfg.file": "./sub/../cfg.9"}"#).unwrap();
+        assert_eq!(r.release.bin, Path::new("/opt/bin/app.1.0"));
+        assert_eq!(r.release.cfg, Path::new("/srv/app/release/cfg.9"));
+        assert_eq!(r.release.name(), "app.1.0 (cfg.9)");
+    }
+
+    #[test]
+    fn errors_say_why() {
+        let cases = [
+            ("", "empty"),
+            ("  \n", "empty"),
+            ("{", "invalid JSON"),
+            ("[1]", "JSON object"),
+            (r#"{"bin.file": "a"}"#, "missing key \"cfg.file\""),
+            (r#"{"cfg.file": "a"}"#, "missing key \"bin.file\""),
+            (r#"{"bin.file": 3, "cfg.file": "a"}"#, "must be a string"),
+            (r#"{"bin.file": "", "cfg.file": "a"}"#, "is empty"),
+            (r#"{"bin.file": "a\u0000b", "cfg.file": "a"}"#, "NUL"),
+        ];
+        for (text, want) in cases {
+            let e = p(text).expect_err(text);
+            assert!(e.contains(want), "{text:?}: {e}");
+        }
+        let e = parse(&[b'{', 0xff, 0xfe, b'}'], Path::new("/"), None).unwrap_err();
+        assert!(e.contains("invalid JSON"), "{e}");
+        let deep = "[".repeat(100_000);
+        assert!(p(&deep).unwrap_err().contains("invalid JSON"));
+        let e = parse(
+            br#"{"bin.file": "~/a", "cfg.file": "b"}"#,
+            Path::new("/"),
+            None,
+        )
+        .unwrap_err();
+        assert!(e.contains("home"), "{e}");
+    }
+
+    #[test]
+    fn unknown_keys_warn() {
+        let r = p(r#"{"bin.file": "a", "cfg.file": "b", "colour": "blue"}"#).unwrap();
+        assert_eq!(r.warnings, vec!["unknown key \"colour\" ignored"]);
+    }
+
+    #[test]
+    fn names() {
+        assert!(same_name(
+            OsStr::new("current.conf"),
+            Path::new("/a/current.conf")
+        ));
+        assert!(!same_name(
+            OsStr::new("current.conf.tmp"),
+            Path::new("/a/current.conf")
+        ));
+    }
+}

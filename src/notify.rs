@@ -1,0 +1,297 @@
+//! baton's own notify socket: where generations send READY=1 and STATUS=.
+//!
+//! It plays systemd's part for the generations: a datagram socket with
+//! SO_PASSCRED, so every message carries the sender's pid as the kernel saw
+//! it. The supervisor accepts a message only from a process of a generation.
+//! Messages with file descriptors attached have them closed; oversized ones
+//! are dropped whole; a flood is read in bounded batches into one buffer, so
+//! it can neither block the loop nor grow memory.
+
+use std::io::IoSliceMut;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use nix::sys::socket::{
+    self, AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr, setsockopt,
+    sockopt,
+};
+
+/// systemd reads notifications into a buffer of this size; so does baton.
+pub const MAX_MESSAGE: usize = 4096;
+
+/// At most this many datagrams are read per wake-up, so other events get a
+/// turn under a flood.
+pub const BATCH: usize = 64;
+
+pub struct NotifySocket {
+    fd: OwnedFd,
+    path: PathBuf,
+    /// A private directory baton created (and removes) for the socket.
+    private_dir: Option<PathBuf>,
+    buf: Box<[u8; MAX_MESSAGE]>,
+}
+
+/// One datagram as received.
+#[derive(Debug, PartialEq)]
+pub enum Received {
+    /// A message with the sender's pid and its text.
+    Message { pid: i32, text: Vec<u8> },
+    /// Dropped before parsing, with the reason (pid if known).
+    Dropped { pid: Option<i32>, reason: String },
+}
+
+impl NotifySocket {
+    /// Binds `notify.sock` in `$RUNTIME_DIRECTORY` (given by systemd), else in
+    /// a fresh private directory (mode 0700) under $XDG_RUNTIME_DIR or /tmp.
+    pub fn bind(runtime_dir: Option<&Path>) -> Result<NotifySocket> {
+        let (dir, private_dir) = match runtime_dir {
+            Some(d) => {
+                restrict_dir(d);
+                (d.to_owned(), None)
+            }
+            None => {
+                let base = std::env::var_os("XDG_RUNTIME_DIR")
+                    .map(PathBuf::from)
+                    .filter(|p| p.is_dir())
+                    .unwrap_or_else(std::env::temp_dir);
+                let d = nix::unistd::mkdtemp(&base.join("baton.XXXXXX")).with_context(|| {
+                    format!("creating a private directory in {}", base.display())
+                })?;
+                (d.clone(), Some(d))
+            }
+        };
+        let path = dir.join("notify.sock");
+        let _ = std::fs::remove_file(&path);
+        let fd = socket::socket(
+            AddressFamily::Unix,
+            SockType::Datagram,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+            None,
+        )
+        .context("creating the notify socket")?;
+        socket::bind(fd.as_raw_fd(), &UnixAddr::new(path.as_path())?)
+            .with_context(|| format!("binding the notify socket {}", path.display()))?;
+        setsockopt(&fd, sockopt::PassCred, &true).context("SO_PASSCRED on the notify socket")?;
+        // Only baton's user (and root) may send.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("chmod 0600 {}", path.display()))?;
+        Ok(NotifySocket {
+            fd,
+            path,
+            private_dir,
+            buf: Box::new([0; MAX_MESSAGE]),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Reads one datagram; None when the queue is empty.
+    pub fn recv(&mut self) -> Option<Received> {
+        let mut cmsg = nix::cmsg_space!(nix::sys::socket::UnixCredentials, [RawFd; 32]);
+        let mut iov = [IoSliceMut::new(&mut self.buf[..])];
+        let msg = match socket::recvmsg::<()>(
+            self.fd.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_TRUNC,
+        ) {
+            Ok(m) => m,
+            Err(nix::errno::Errno::EAGAIN) => return None,
+            Err(nix::errno::Errno::EINTR) => return self.recv(),
+            Err(e) => {
+                return Some(Received::Dropped {
+                    pid: None,
+                    reason: format!("recvmsg failed: {e}"),
+                });
+            }
+        };
+        let mut pid = None;
+        let mut fds = 0;
+        if let Ok(cmsgs) = msg.cmsgs() {
+            for c in cmsgs {
+                match c {
+                    ControlMessageOwned::ScmCredentials(cred) => pid = Some(cred.pid()),
+                    ControlMessageOwned::ScmRights(rights) => {
+                        for fd in rights {
+                            fds += 1;
+                            // SAFETY: the kernel installed this fd for us
+                            // (MSG_CMSG_CLOEXEC); taking ownership closes it.
+                            drop(unsafe { OwnedFd::from_raw_fd(fd) });
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let (bytes, flags) = (msg.bytes, msg.flags);
+        let reason = if flags.contains(MsgFlags::MSG_TRUNC) {
+            Some(format!("{bytes} bytes, more than {MAX_MESSAGE}"))
+        } else if flags.contains(MsgFlags::MSG_CTRUNC) {
+            Some("too many control messages".into())
+        } else if fds > 0 {
+            Some(format!("{fds} file descriptor(s) attached (closed)"))
+        } else if pid.is_none() {
+            Some("no sender credentials".into())
+        } else {
+            None
+        };
+        Some(match (reason, pid) {
+            (Some(reason), pid) => Received::Dropped { pid, reason },
+            (None, Some(pid)) => Received::Message {
+                pid,
+                text: self.buf[..bytes].to_vec(),
+            },
+            (None, None) => unreachable!("no credentials is a reason"),
+        })
+    }
+}
+
+impl AsFd for NotifySocket {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl Drop for NotifySocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+        if let Some(d) = &self.private_dir {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+
+/// $RUNTIME_DIRECTORY should be 0700 (RuntimeDirectoryMode=0700); tighten it
+/// if baton owns it and it is not.
+fn restrict_dir(d: &Path) {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if let Ok(m) = std::fs::metadata(d)
+        && m.mode() & 0o077 != 0
+        && m.uid() == nix::unistd::geteuid().as_raw()
+    {
+        let _ = std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700));
+    }
+}
+
+/// What a notification says, as far as baton cares.
+#[derive(Debug, Default, PartialEq)]
+pub struct Message {
+    pub ready: bool,
+    pub status: Option<String>,
+    pub stopping: bool,
+    pub reloading: bool,
+}
+
+/// Parses `KEY=VALUE` lines (sd_notify(3)). Pure; unknown keys are ignored,
+/// as systemd does. Errors only on bytes that are not a notification at all.
+pub fn parse(text: &[u8]) -> Result<Message, String> {
+    let text = std::str::from_utf8(text).map_err(|_| "not UTF-8".to_owned())?;
+    if text.contains('\0') {
+        return Err("contains a NUL byte".into());
+    }
+    let mut m = Message::default();
+    for line in text.split('\n').filter(|l| !l.is_empty()) {
+        let Some((key, value)) = line.split_once('=') else {
+            return Err(format!("line without '=': {:?}", truncate(line, 40)));
+        };
+        match key {
+            "READY" => m.ready = value == "1",
+            "STATUS" => m.status = Some(truncate(value, 200).to_owned()),
+            "STOPPING" => m.stopping = value == "1",
+            "RELOADING" => m.reloading = value == "1",
+            _ => {}
+        }
+    }
+    Ok(m)
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixDatagram;
+
+    #[test]
+    fn parses_notifications() {
+        assert_eq!(
+            parse(b"READY=1\n").unwrap(),
+            Message {
+                ready: true,
+                ..Default::default()
+            }
+        );
+        let m = parse(b"READY=1\nSTATUS=serving 2.0\nMAINPID=4\nX-CUSTOM=y").unwrap();
+        assert!(m.ready);
+        assert_eq!(m.status.as_deref(), Some("serving 2.0"));
+        assert!(!parse(b"READY=0").unwrap().ready);
+        assert!(parse(b"hello").is_err());
+        assert!(parse(&[0xff, 0xfe]).is_err());
+        assert!(parse(b"READY=1\0").is_err());
+        assert_eq!(
+            parse(format!("STATUS={}", "é".repeat(1000)).as_bytes())
+                .unwrap()
+                .status
+                .unwrap()
+                .chars()
+                .count(),
+            200
+        );
+    }
+
+    #[test]
+    fn credentials_fds_and_oversize() {
+        let dir = std::env::temp_dir().join(format!("baton-notify-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut s = NotifySocket::bind(Some(&dir)).unwrap();
+        assert_eq!(s.recv(), None);
+        let c = UnixDatagram::unbound().unwrap();
+        c.send_to(b"READY=1", s.path()).unwrap();
+        assert_eq!(
+            s.recv(),
+            Some(Received::Message {
+                pid: std::process::id() as i32,
+                text: b"READY=1".to_vec()
+            })
+        );
+        c.send_to(&vec![b'x'; MAX_MESSAGE + 10], s.path()).unwrap();
+        assert!(
+            matches!(s.recv(), Some(Received::Dropped { reason, .. }) if reason.contains("more than"))
+        );
+        // an fd attached: dropped, and closed on our side
+        let f = std::fs::File::open("/dev/null").unwrap();
+        let fds = [f.as_raw_fd()];
+        let cmsg = [socket::ControlMessage::ScmRights(&fds)];
+        let addr = UnixAddr::new(s.path()).unwrap();
+        socket::sendmsg(
+            c.as_raw_fd(),
+            &[std::io::IoSlice::new(b"READY=1")],
+            &cmsg,
+            MsgFlags::empty(),
+            Some(&addr),
+        )
+        .unwrap();
+        let before = std::fs::read_dir("/proc/self/fd").unwrap().count();
+        assert!(
+            matches!(s.recv(), Some(Received::Dropped { reason, .. }) if reason.contains("file descriptor"))
+        );
+        assert_eq!(
+            std::fs::read_dir("/proc/self/fd").unwrap().count(),
+            before,
+            "received fd was closed"
+        );
+        let path = s.path().to_owned();
+        drop(s);
+        assert!(!path.exists());
+        std::fs::remove_dir(&dir).unwrap();
+    }
+}

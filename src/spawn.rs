@@ -1,0 +1,402 @@
+//! Starting a generation: fork + execve, done by hand.
+//!
+//! `std::process::Command` cannot do what socket activation needs: the
+//! environment must carry `LISTEN_PID=<the child's own pid>`, which exists only
+//! after the fork. So everything (argv, envp with a reserved `LISTEN_PID=`
+//! buffer, the fd plan) is allocated before `fork`, and the child does nothing
+//! but async-signal-safe system calls: move the sockets to fds 3.., write its
+//! pid's digits into the buffer, reset signals, `setpgid`, `chdir`, `execve`.
+//! A failure in the child is reported through a close-on-exec pipe, so the
+//! parent learns "exec failed: ENOENT" synchronously and "exec succeeded" by
+//! EOF.
+
+use std::ffi::{CString, OsString};
+use std::fmt;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use nix::libc;
+use nix::unistd::Pid;
+
+use crate::config::Release;
+
+/// What a generation's process is given besides its release.
+pub struct Spec<'a> {
+    pub release: &'a Release,
+    /// Become fds 3, 4, ... in the child, in this order.
+    pub listeners: &'a [RawFd],
+    /// LISTEN_FDNAMES as received from systemd, if any.
+    pub fdnames: Option<&'a str>,
+    /// baton's own notify socket, given to the child as NOTIFY_SOCKET.
+    pub notify_socket: &'a Path,
+    /// The environment baton was started with, less the systemd variables.
+    pub env: &'a [(OsString, OsString)],
+    /// Working directory (the app dir).
+    pub cwd: &'a Path,
+}
+
+/// A started generation's leader process.
+#[derive(Debug)]
+pub struct Child {
+    pub pid: Pid,
+    /// pidfd of the leader, so a signal can never reach a recycled pid.
+    /// None on kernels without pidfd_open (before 5.3).
+    pub pidfd: Option<OwnedFd>,
+}
+
+/// Why a generation could not be started.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpawnError {
+    pub step: &'static str,
+    pub errno: i32,
+    /// pid of the child that failed before exec, left for the reaper.
+    pub pid: Option<i32>,
+}
+
+impl fmt::Display for SpawnError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} failed: {}",
+            self.step,
+            std::io::Error::from_raw_os_error(self.errno)
+        )
+    }
+}
+
+impl std::error::Error for SpawnError {}
+
+/// Steps the child can fail at, reported as an index through the pipe.
+const STEPS: [&str; 6] = [
+    "moving fds",
+    "resetting signals",
+    "setpgid",
+    "chdir to the app dir",
+    "execve",
+    "dup",
+];
+
+fn cstring(bytes: &[u8]) -> Result<CString, SpawnError> {
+    CString::new(bytes).map_err(|_| SpawnError {
+        step: "building argv/env (NUL byte)",
+        errno: libc::EINVAL,
+        pid: None,
+    })
+}
+
+fn os_err(step: &'static str) -> SpawnError {
+    SpawnError {
+        step,
+        errno: std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO),
+        pid: None,
+    }
+}
+
+/// close_range(2) flag: mark close-on-exec instead of closing.
+const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+
+const LISTEN_PID_PREFIX: &[u8] = b"LISTEN_PID=";
+/// Room for the digits of any pid, plus the NUL.
+const PID_DIGITS: usize = 20;
+
+pub fn spawn(spec: &Spec) -> Result<Child, SpawnError> {
+    // ---- everything the child needs, allocated before the fork ----
+    let path = cstring(spec.release.bin.as_os_str().as_bytes())?;
+    let argv_owned = [
+        path.clone(),
+        cstring(b"-c")?,
+        cstring(spec.release.cfg.as_os_str().as_bytes())?,
+    ];
+    let mut argv: Vec<*const libc::c_char> = argv_owned.iter().map(|c| c.as_ptr()).collect();
+    argv.push(std::ptr::null());
+
+    let mut env_owned: Vec<CString> = Vec::with_capacity(spec.env.len() + 4);
+    for (k, v) in spec.env {
+        let mut kv = k.as_bytes().to_vec();
+        kv.push(b'=');
+        kv.extend_from_slice(v.as_bytes());
+        env_owned.push(cstring(&kv)?);
+    }
+    env_owned.push(cstring(
+        format!("LISTEN_FDS={}", spec.listeners.len()).as_bytes(),
+    )?);
+    if let Some(names) = spec.fdnames {
+        env_owned.push(cstring(format!("LISTEN_FDNAMES={names}").as_bytes())?);
+    }
+    let mut notify = b"NOTIFY_SOCKET=".to_vec();
+    notify.extend_from_slice(spec.notify_socket.as_os_str().as_bytes());
+    env_owned.push(cstring(&notify)?);
+    // LISTEN_PID=: the child writes its pid's digits here, then a NUL.
+    let mut listen_pid = vec![0u8; LISTEN_PID_PREFIX.len() + PID_DIGITS + 1];
+    listen_pid[..LISTEN_PID_PREFIX.len()].copy_from_slice(LISTEN_PID_PREFIX);
+    let mut envp: Vec<*const libc::c_char> = env_owned.iter().map(|c| c.as_ptr()).collect();
+    envp.push(listen_pid.as_ptr().cast());
+    envp.push(std::ptr::null());
+    let listen_pid_digits: *mut u8 = listen_pid[LISTEN_PID_PREFIX.len()..].as_mut_ptr();
+
+    let cwd = cstring(spec.cwd.as_os_str().as_bytes())?;
+    let sources: Vec<RawFd> = spec.listeners.to_vec();
+    let mut moved: Vec<RawFd> = vec![-1; sources.len()];
+    let moved_ptr = moved.as_mut_ptr();
+    // Temporary copies land at or above this, clear of the targets 3..3+n.
+    let floor = 3 + sources.len() as RawFd;
+
+    let mut pipe_fds = [0 as libc::c_int; 2];
+    // SAFETY: pipe2 writes two fds into the array we own; O_CLOEXEC keeps
+    // them out of every exec'd program.
+    if unsafe { libc::pipe2(pipe_fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(os_err("creating the exec status pipe"));
+    }
+    // SAFETY: both fds were just created by pipe2 and are owned by nobody else.
+    let (err_r, err_w) = unsafe {
+        (
+            OwnedFd::from_raw_fd(pipe_fds[0]),
+            OwnedFd::from_raw_fd(pipe_fds[1]),
+        )
+    };
+    let err_w_raw = err_w.as_raw_fd();
+
+    // SAFETY: baton is single-threaded (the supervisor never spawns threads),
+    // so the child is a faithful copy; it only runs `child_exec`, which makes
+    // async-signal-safe calls on memory allocated above and never returns.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(os_err("fork"));
+    }
+    if pid == 0 {
+        // SAFETY: we are the freshly forked child; see `child_exec`.
+        unsafe {
+            child_exec(ChildPlan {
+                path: path.as_ptr(),
+                argv: argv.as_ptr(),
+                envp: envp.as_ptr(),
+                cwd: cwd.as_ptr(),
+                sources: &sources,
+                moved: moved_ptr,
+                floor,
+                listen_pid_digits,
+                err_w: err_w_raw,
+            })
+        }
+    }
+
+    // ---- parent ----
+    drop(err_w);
+    let child = Pid::from_raw(pid);
+    // Also set the group from this side, so that a signal to the group can
+    // never miss a child that has not reached its own setpgid yet. After the
+    // exec this fails with EACCES, which means the child already did it.
+    let _ = nix::unistd::setpgid(child, child);
+    // Wait for exec (EOF) or a report of the step that failed.
+    let mut report = [0u8; 8];
+    let mut got = 0;
+    loop {
+        // SAFETY: reading into our own buffer from the pipe we own.
+        let n = unsafe {
+            libc::read(
+                err_r.as_raw_fd(),
+                report[got..].as_mut_ptr().cast(),
+                report.len() - got,
+            )
+        };
+        if n < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+            continue;
+        }
+        if n <= 0 {
+            break;
+        }
+        got += n as usize;
+        if got == report.len() {
+            break;
+        }
+    }
+    if got == report.len() {
+        let step = u32::from_ne_bytes(report[..4].try_into().unwrap()) as usize;
+        let errno = i32::from_ne_bytes(report[4..].try_into().unwrap());
+        return Err(SpawnError {
+            step: STEPS.get(step).copied().unwrap_or("exec"),
+            errno,
+            pid: Some(pid),
+        });
+    }
+    drop((argv_owned, env_owned, listen_pid, moved));
+    Ok(Child {
+        pid: child,
+        pidfd: pidfd_open(child),
+    })
+}
+
+/// Raw pointers into memory the parent allocated before forking.
+struct ChildPlan<'a> {
+    path: *const libc::c_char,
+    argv: *const *const libc::c_char,
+    envp: *const *const libc::c_char,
+    cwd: *const libc::c_char,
+    sources: &'a [RawFd],
+    moved: *mut RawFd,
+    floor: RawFd,
+    listen_pid_digits: *mut u8,
+    err_w: RawFd,
+}
+
+/// The child's side of `spawn`. Only async-signal-safe calls; no allocation.
+///
+/// # Safety
+/// Must be called only in the child right after `fork`, with every pointer in
+/// `plan` valid (they point into the parent's copy-on-write memory).
+unsafe fn child_exec(plan: ChildPlan) -> ! {
+    // SAFETY (whole body): each call below is async-signal-safe per
+    // signal-safety(7) or a plain system call (fcntl, dup2, close_range, getrlimit, sigprocmask, sigaction, setpgid, chdir,
+    // getpid, execve, write, _exit), and writes go only to buffers the parent
+    // sized for them before the fork.
+    unsafe {
+        // The error pipe first: it may sit on one of the target numbers.
+        let err = libc::fcntl(plan.err_w, libc::F_DUPFD_CLOEXEC, plan.floor);
+        if err < 0 {
+            libc::_exit(127);
+        }
+        let fail = |step: u32| -> ! {
+            let errno = *libc::__errno_location();
+            let mut msg = [0u8; 8];
+            msg[..4].copy_from_slice(&step.to_ne_bytes());
+            msg[4..].copy_from_slice(&errno.to_ne_bytes());
+            libc::write(err, msg.as_ptr().cast(), msg.len());
+            libc::_exit(127)
+        };
+        // Copy every source above the targets (close-on-exec), then place the
+        // copies at 3, 4, ... dup2 from a different fd clears FD_CLOEXEC on
+        // the target, which is what lets the socket cross the exec.
+        for (i, &src) in plan.sources.iter().enumerate() {
+            let tmp = libc::fcntl(src, libc::F_DUPFD_CLOEXEC, plan.floor);
+            if tmp < 0 {
+                fail(5);
+            }
+            *plan.moved.add(i) = tmp;
+        }
+        for i in 0..plan.sources.len() {
+            if libc::dup2(*plan.moved.add(i), 3 + i as RawFd) < 0 {
+                fail(0);
+            }
+        }
+        // Whatever baton itself inherited without CLOEXEC (a shell's stray
+        // fds, say) must not reach the app: mark everything from `floor` up
+        // close-on-exec. Our own copies there already are.
+        if libc::syscall(
+            libc::SYS_close_range,
+            plan.floor as libc::c_uint,
+            libc::c_uint::MAX,
+            CLOSE_RANGE_CLOEXEC,
+        ) != 0
+        {
+            // Kernels before 5.11: walk the fd table by hand.
+            let mut limit: libc::rlimit = std::mem::zeroed();
+            let max = if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+                limit.rlim_cur.min(65536) as RawFd
+            } else {
+                1024
+            };
+            for fd in plan.floor..max {
+                libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+            }
+        }
+        // Default signal mask and dispositions (baton blocks the signals it
+        // reads through signalfd, and Rust ignores SIGPIPE; neither may leak).
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        if libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) != 0 {
+            fail(1);
+        }
+        let mut dfl: libc::sigaction = std::mem::zeroed();
+        dfl.sa_sigaction = libc::SIG_DFL;
+        for sig in 1..libc::SIGRTMAX() {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::sigaction(sig, &dfl, std::ptr::null_mut());
+            }
+        }
+        if libc::setpgid(0, 0) != 0 {
+            fail(2);
+        }
+        if libc::chdir(plan.cwd) != 0 {
+            fail(3);
+        }
+        // LISTEN_PID = our own pid, digits written into the reserved buffer.
+        let mut pid = libc::getpid() as u64;
+        let mut digits = [0u8; PID_DIGITS];
+        let mut n = 0;
+        loop {
+            digits[n] = b'0' + (pid % 10) as u8;
+            n += 1;
+            pid /= 10;
+            if pid == 0 {
+                break;
+            }
+        }
+        for i in 0..n {
+            *plan.listen_pid_digits.add(i) = digits[n - 1 - i];
+        }
+        *plan.listen_pid_digits.add(n) = 0;
+        libc::execve(plan.path, plan.argv, plan.envp);
+        fail(4)
+    }
+}
+
+fn pidfd_open(pid: Pid) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd (always
+    // close-on-exec) or -1; the pid is our unreaped child, so it cannot have
+    // been recycled.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: the kernel just returned this fd to us and nobody else owns it.
+    Some(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Sends `sig` through the pidfd (immune to pid reuse), or by pid where the
+/// kernel has no pidfds. ESRCH (already gone) is not an error.
+pub fn signal_leader(child: &Child, sig: nix::sys::signal::Signal) -> nix::Result<()> {
+    let r = match &child.pidfd {
+        Some(fd) => {
+            // SAFETY: pidfd_send_signal with a pidfd we own, a valid signal
+            // number, no siginfo and no flags.
+            let rc = unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    fd.as_raw_fd(),
+                    sig as libc::c_int,
+                    std::ptr::null::<u8>(),
+                    0,
+                )
+            };
+            if rc == 0 {
+                Ok(())
+            } else {
+                Err(nix::errno::Errno::last())
+            }
+        }
+        None => nix::sys::signal::kill(child.pid, sig),
+    };
+    match r {
+        Err(nix::errno::Errno::ESRCH) => Ok(()),
+        other => other,
+    }
+}
+
+/// Signals a generation: its whole process group (the leader and its own
+/// workers) when the leader still leads it, else the leader alone.
+///
+/// Only the supervisor's reaper reaps, and it removes a generation before
+/// reaping its leader, so while a generation is known here its leader's pid,
+/// and the process group id equal to it, cannot have been recycled.
+pub fn signal_group(child: &Child, sig: nix::sys::signal::Signal) -> nix::Result<()> {
+    match nix::unistd::getpgid(Some(child.pid)) {
+        Ok(pgid) if pgid == child.pid => match nix::sys::signal::killpg(child.pid, sig) {
+            Err(nix::errno::Errno::ESRCH) => signal_leader(child, sig),
+            other => other,
+        },
+        _ => signal_leader(child, sig),
+    }
+}

@@ -1,0 +1,232 @@
+//! baton's state file: what serves, every generation, the last rollout.
+//!
+//! Written atomically (temporary file + rename) to `<app-dir>/baton.state`
+//! whenever it changes, never on a timer. `baton status`, `baton reload` and
+//! `baton switch --wait` read it; they tell whether baton runs from
+//! `<app-dir>/baton.lock`, which a running baton holds an exclusive flock on
+//! (a stale pid cannot fool that, and a second baton on the same app dir is
+//! refused).
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use anyhow::{Context, Result, bail};
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+
+use crate::config::Release;
+use crate::generation::{Fleet, Outcome, Trigger};
+
+pub const STATE_FILE: &str = "baton.state";
+pub const LOCK_FILE: &str = "baton.lock";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReleaseInfo {
+    pub name: String,
+    pub bin: PathBuf,
+    pub cfg: PathBuf,
+}
+
+impl From<&Release> for ReleaseInfo {
+    fn from(r: &Release) -> ReleaseInfo {
+        ReleaseInfo {
+            name: r.name(),
+            bin: r.bin.clone(),
+            cfg: r.cfg.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GenerationInfo {
+    pub generation: u64,
+    pub release: ReleaseInfo,
+    pub pid: Option<i32>,
+    /// starting, soaking, live, stopping, killed
+    pub state: String,
+    pub trigger: String,
+    pub started_at: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RolloutInfo {
+    pub seq: u64,
+    pub release: Option<ReleaseInfo>,
+    pub generation: Option<u64>,
+    pub trigger: String,
+    /// in-progress, succeeded, failed, superseded
+    pub result: String,
+    pub reason: Option<String>,
+    pub started_at: f64,
+    pub finished_at: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RollbackInfo {
+    pub from: ReleaseInfo,
+    pub to: ReleaseInfo,
+    pub after_secs: f64,
+    pub at: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    pub pid: u32,
+    pub config: PathBuf,
+    pub app_dir: PathBuf,
+    pub started_at: f64,
+    pub status: String,
+    pub serving: Option<GenerationInfo>,
+    pub generations: Vec<GenerationInfo>,
+    pub last_known_good: Option<ReleaseInfo>,
+    pub last_rollout: Option<RolloutInfo>,
+    pub last_rollback: Option<RollbackInfo>,
+    pub restarts: u64,
+    pub stopping: bool,
+}
+
+pub fn unix(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+fn trigger_name(t: Trigger) -> String {
+    serde_json::to_value(t)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_default()
+}
+
+impl State {
+    pub fn of(
+        fleet: &Fleet,
+        config: &Path,
+        app_dir: &Path,
+        started: SystemTime,
+        stopping: bool,
+    ) -> State {
+        let gen_info = |g: &crate::generation::Generation| GenerationInfo {
+            generation: g.id,
+            release: (&g.release).into(),
+            pid: g.pid,
+            state: g.phase.name().to_owned(),
+            trigger: trigger_name(g.trigger),
+            started_at: unix(g.started_wall),
+        };
+        State {
+            pid: std::process::id(),
+            config: config.to_owned(),
+            app_dir: app_dir.to_owned(),
+            started_at: unix(started),
+            status: fleet.status_line(),
+            serving: fleet.live().map(gen_info),
+            generations: fleet.generations().map(gen_info).collect(),
+            last_known_good: fleet.last_good().map(Into::into),
+            last_rollout: fleet.last_rollout().map(|r| {
+                let (result, reason) = match &r.outcome {
+                    Outcome::InProgress => ("in-progress", None),
+                    Outcome::Succeeded => ("succeeded", None),
+                    Outcome::Failed(why) => ("failed", Some(why.clone())),
+                    Outcome::Superseded => ("superseded", None),
+                };
+                RolloutInfo {
+                    seq: r.seq,
+                    release: r.release.as_ref().map(Into::into),
+                    generation: r.generation,
+                    trigger: trigger_name(r.trigger),
+                    result: result.to_owned(),
+                    reason,
+                    started_at: unix(r.started),
+                    finished_at: r.finished.map(unix),
+                }
+            }),
+            last_rollback: fleet.last_rollback().map(|b| RollbackInfo {
+                from: (&b.from).into(),
+                to: (&b.to).into(),
+                after_secs: b.after.as_secs_f64(),
+                at: unix(b.at),
+            }),
+            restarts: fleet.restarts(),
+            stopping,
+        }
+    }
+
+    pub fn read(app_dir: &Path) -> Result<State> {
+        let path = app_dir.join(STATE_FILE);
+        let text = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        serde_json::from_slice(&text).with_context(|| format!("parsing {}", path.display()))
+    }
+}
+
+/// Writes the state file when its content changed.
+pub struct StateWriter {
+    path: PathBuf,
+    tmp: PathBuf,
+    last: Vec<u8>,
+}
+
+impl StateWriter {
+    pub fn new(app_dir: &Path) -> StateWriter {
+        StateWriter {
+            path: app_dir.join(STATE_FILE),
+            tmp: app_dir.join(".baton.state.tmp"),
+            last: Vec::new(),
+        }
+    }
+
+    pub fn write(&mut self, state: &State) {
+        let Ok(mut text) = serde_json::to_vec_pretty(state) else {
+            return;
+        };
+        text.push(b'\n');
+        if text == self.last {
+            return;
+        }
+        let r =
+            std::fs::write(&self.tmp, &text).and_then(|()| std::fs::rename(&self.tmp, &self.path));
+        match r {
+            Ok(()) => self.last = text,
+            Err(e) => log::warn!("writing {}: {e}", self.path.display()),
+        }
+    }
+}
+
+/// Held for baton's life: one baton per app dir.
+pub struct InstanceLock {
+    _lock: Flock<File>,
+}
+
+impl InstanceLock {
+    pub fn acquire(app_dir: &Path) -> Result<InstanceLock> {
+        let path = app_dir.join(LOCK_FILE);
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => Ok(InstanceLock { _lock: lock }),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+                let pid = State::read(app_dir)
+                    .map(|s| format!(" (pid {})", s.pid))
+                    .unwrap_or_default();
+                bail!(
+                    "another baton{pid} is already running for {}",
+                    app_dir.display()
+                )
+            }
+            Err((_, e)) => Err(e).with_context(|| format!("locking {}", path.display())),
+        }
+    }
+}
+
+/// True when a baton holds the app dir's lock.
+pub fn is_running(app_dir: &Path) -> bool {
+    let Ok(file) = File::open(app_dir.join(LOCK_FILE)) else {
+        return false;
+    };
+    Flock::lock(file, FlockArg::LockSharedNonblock).is_err()
+}
