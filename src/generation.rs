@@ -165,6 +165,11 @@ enum Note {
 /// immediate, then 0.5 s doubling up to this cap.
 pub const BACKOFF_CAP: Duration = Duration::from_secs(30);
 
+/// The backoff resets once a restarted release has stayed up for its
+/// probation, and never sooner than this, so that even `--probation 0`
+/// cannot turn a release that dies right after READY into a tight loop.
+pub const MIN_HEALTHY: Duration = Duration::from_secs(1);
+
 pub fn backoff(failures: u32) -> Duration {
     match failures {
         0 | 1 => Duration::ZERO,
@@ -187,6 +192,8 @@ pub struct Fleet {
     failures: u32,
     /// The live generation is on probation until then.
     probation_until: Option<Instant>,
+    /// The live generation counts as healthy (backoff reset) from then.
+    healthy_at: Option<Instant>,
     last_good: Option<Release>,
     last_rollout: Option<RolloutRecord>,
     last_rollback: Option<Rollback>,
@@ -211,6 +218,7 @@ impl Fleet {
             restart_at: None,
             failures: 0,
             probation_until: None,
+            healthy_at: None,
             last_good: None,
             last_rollout: None,
             last_rollback: None,
@@ -565,6 +573,10 @@ impl Fleet {
             self.probation_until = None;
             self.mark_good();
         }
+        if self.healthy_at.is_some_and(|t| t <= now) {
+            self.healthy_at = None;
+            self.failures = 0;
+        }
         if self.restart_at.is_some_and(|t| t <= now) {
             self.restart_at = None;
             self.recover(now);
@@ -579,6 +591,7 @@ impl Fleet {
         self.shutting_down = true;
         self.restart_at = None;
         self.probation_until = None;
+        self.healthy_at = None;
         self.actions.push(Action::SystemdStopping);
         let running: Vec<GenId> = self
             .gens
@@ -656,6 +669,7 @@ impl Fleet {
         }
         self.fallback = Some((release.clone(), Trigger::Restart));
         self.restart_at = None;
+        self.healthy_at = Some(now + self.settings.probation.max(MIN_HEALTHY));
         if self.settings.probation.is_zero() {
             self.probation_until = None;
             self.mark_good();
@@ -690,7 +704,6 @@ impl Fleet {
             );
         }
         self.last_good = Some(release);
-        self.failures = 0;
     }
 
     /// A candidate that will never be live. The old generation serves on.
@@ -730,6 +743,7 @@ impl Fleet {
             _ => Duration::ZERO,
         };
         let in_probation = self.probation_until.take().is_some_and(|t| now < t);
+        self.healthy_at = None;
         let rollback_to = self
             .last_good
             .clone()
@@ -1058,6 +1072,23 @@ mod tests {
         r.tick(31.8); // survived probation: backoff resets
         assert_eq!(r.exited(4, 40.0), vec![spawn(5, "1.0")]);
         assert!(r.f.restarts() >= 4);
+    }
+
+    #[test]
+    fn no_probation_still_backs_off_a_release_that_dies_right_after_ready() {
+        let mut r = Rig::new(Settings {
+            probation: Duration::ZERO,
+            ..settings()
+        });
+        r.want("1.0", 0.0);
+        r.ready(1, 0.1);
+        assert_eq!(r.exited(1, 0.2), vec![spawn(2, "1.0")]);
+        r.ready(2, 0.3);
+        assert_eq!(r.exited(2, 0.4), vec![], "dead within MIN_HEALTHY: backoff");
+        r.tick(0.9);
+        r.ready(3, 1.0);
+        r.tick(2.0); // healthy for MIN_HEALTHY: reset
+        assert_eq!(r.exited(3, 5.0), vec![spawn(4, "1.0")]);
     }
 
     #[test]

@@ -309,11 +309,19 @@ unsafe fn child_exec(plan: ChildPlan) -> ! {
         if libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) != 0 {
             fail(1);
         }
-        let mut dfl: libc::sigaction = std::mem::zeroed();
-        dfl.sa_sigaction = libc::SIG_DFL;
-        for sig in 1..libc::SIGRTMAX() {
+        // The raw system call: glibc's sigaction() refuses the two
+        // real-time signals it reserves (32, 33), but an ignored one would
+        // still be inherited. All-zero is SIG_DFL, no flags, empty mask.
+        let dfl = [0u64; 4];
+        for sig in 1..=64 {
             if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                libc::sigaction(sig, &dfl, std::ptr::null_mut());
+                libc::syscall(
+                    libc::SYS_rt_sigaction,
+                    sig,
+                    dfl.as_ptr(),
+                    std::ptr::null_mut::<u64>(),
+                    8usize,
+                );
             }
         }
         if libc::setpgid(0, 0) != 0 {

@@ -1,0 +1,273 @@
+//! Every failure path of a rollout: baton logs the file and the reason, says
+//! so in STATUS, and the serving generation keeps serving.
+
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::util::*;
+
+/// A rig serving release 1.0 (and with 2.0 on disk), plus `args`.
+fn serving(tag: &str, one: &str, two: &str, args: &[&str]) -> (Rig, i32) {
+    let mut rig = Rig::new(tag);
+    rig.release("1.0", one);
+    rig.release("2.0", two);
+    rig.point("1.0");
+    rig.start(args);
+    let pid = rig.wait_live("1.0");
+    (rig, pid)
+}
+
+/// Writes a bad current.conf; asserts the error names the file and
+/// `reason`, STATUS says so, 1.0 keeps serving, the links stay; then a good
+/// edit still rolls.
+fn bad_conf_keeps_serving(tag: &str, text: &str, reason: &str) {
+    let (rig, pid) = serving(tag, "", "", &[]);
+    let load = Load::start(rig.port, 2);
+    rig.write_conf(text);
+    let line = format!("{}: ", rig.conf.display());
+    rig.wait(
+        &format!("an error naming current.conf and {reason:?}"),
+        || {
+            rig.log()
+                .lines()
+                .any(|l| l.contains("ERROR") && l.contains(&line) && l.contains(reason))
+        },
+    );
+    rig.wait_status("cannot roll out");
+    assert!(
+        rig.status().contains(reason) && rig.status().contains("still serving app.1.0"),
+        "{}",
+        rig.status()
+    );
+    assert_eq!(rig.serving(), Some(("1.0".into(), pid)));
+    assert_eq!(
+        std::fs::read_link(rig.app_dir.join("app.bin")).unwrap(),
+        rig.release_dir.join("app.1.0")
+    );
+    assert_eq!(rig.state().unwrap()["last_rollout"]["result"], "failed");
+    rig.point("2.0");
+    rig.wait_live("2.0");
+    let report = load.stop();
+    assert_eq!(report.failed, 0, "{:?}", report.errors);
+}
+
+#[test]
+fn invalid_json() {
+    bad_conf_keeps_serving("badjson", "{\"bin.file\": \"app.2.0\",", "invalid JSON");
+}
+
+#[test]
+fn missing_key() {
+    bad_conf_keeps_serving(
+        "nokey",
+        r#"{"bin.file": "app.2.0"}"#,
+        "missing key \"cfg.file\"",
+    );
+}
+
+#[test]
+fn missing_binary() {
+    bad_conf_keeps_serving(
+        "nobin",
+        r#"{"bin.file": "app.9.9", "cfg.file": "cfg.2.0"}"#,
+        "app.9.9: does not exist",
+    );
+}
+
+#[test]
+fn missing_cfg_file() {
+    bad_conf_keeps_serving(
+        "nocfg",
+        r#"{"bin.file": "app.2.0", "cfg.file": "cfg.9.9"}"#,
+        "cfg.9.9: does not exist",
+    );
+}
+
+#[test]
+fn non_executable_binary() {
+    let tag = "noexec";
+    let (rig, pid) = serving(tag, "", "", &[]);
+    let bin = rig.release_dir.join("app.3.0");
+    std::fs::copy(APP, &bin).unwrap();
+    std::fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    std::fs::write(rig.release_dir.join("cfg.3.0"), "{}").unwrap();
+    rig.point("3.0");
+    rig.wait_log("app.3.0: is not executable");
+    assert_eq!(rig.serving(), Some(("1.0".into(), pid)));
+    rig.wait_status("still serving app.1.0");
+}
+
+#[test]
+fn unknown_keys_only_warn() {
+    let (rig, _) = serving("unknown", "", "", &[]);
+    rig.write_conf(r#"{"bin.file": "app.2.0", "cfg.file": "cfg.2.0", "owner": "ops"}"#);
+    rig.wait_live("2.0");
+    rig.wait_log("unknown key \"owner\" ignored");
+    assert!(
+        rig.log()
+            .lines()
+            .any(|l| l.contains("WARN") && l.contains("unknown key"))
+    );
+}
+
+#[test]
+fn crash_before_ready() {
+    let (rig, pid) = serving("crash", "", r#""exit_before_ready": 7"#, &[]);
+    let load = Load::start(rig.port, 2);
+    rig.point("2.0");
+    rig.wait_log(
+        "rollout of app.2.0 failed: exited before READY=1 (exit status 7); still serving app.1.0",
+    );
+    rig.wait_status(
+        "rollout of app.2.0 failed: exited before READY=1 (exit status 7); still serving app.1.0",
+    );
+    assert_eq!(rig.serving(), Some(("1.0".into(), pid)));
+    assert_eq!(
+        std::fs::read_link(rig.app_dir.join("app.bin")).unwrap(),
+        rig.release_dir.join("app.1.0")
+    );
+    rig.assert_children(1);
+    assert_eq!(load.stop().failed, 0);
+}
+
+#[test]
+fn never_ready_is_stopped_after_the_ready_timeout() {
+    let (rig, pid) = serving(
+        "never",
+        "",
+        r#""never_ready": true"#,
+        &["--ready-timeout", "1s", "--stop-timeout", "2s"],
+    );
+    rig.point("2.0");
+    rig.wait_log(
+        "rollout of app.2.0 failed: not ready within --ready-timeout 1s; still serving app.1.0",
+    );
+    // The never-ready generation got SIGTERM, drained and was reaped.
+    rig.assert_children(1);
+    assert_eq!(rig.serving(), Some(("1.0".into(), pid)));
+    rig.wait_status("not ready within --ready-timeout 1s");
+}
+
+#[test]
+fn ready_from_a_stranger_is_ignored() {
+    let (rig, pid) = serving(
+        "stranger",
+        "",
+        r#""never_ready": true"#,
+        &["--ready-timeout", "3s"],
+    );
+    rig.point("2.0");
+    rig.wait("generation 2 to start", || {
+        rig.log().contains("started generation 2")
+    });
+    let stranger = std::os::unix::net::UnixDatagram::unbound().unwrap();
+    stranger
+        .send_to(
+            b"READY=1\nSTATUS=i am not your app",
+            rig.runtime_dir.join("notify.sock"),
+        )
+        .unwrap();
+    rig.wait_log("which is not part of any generation");
+    rig.wait_log("not ready within --ready-timeout 3s");
+    assert_eq!(
+        rig.serving(),
+        Some(("1.0".into(), pid)),
+        "the stranger's READY promoted nothing"
+    );
+    assert!(!rig.status().contains("i am not your app"));
+}
+
+#[test]
+fn ready_from_a_worker_in_the_generation_counts() {
+    let (rig, _) = serving("worker-ready", "", r#""ready_from_worker": true"#, &[]);
+    rig.point("2.0");
+    rig.wait_live("2.0");
+}
+
+#[test]
+fn an_old_generation_that_ignores_sigterm_is_killed_after_stop_timeout() {
+    // No load here: an app that ignores SIGTERM keeps accepting until the
+    // SIGKILL, and whatever it holds then is lost; no supervisor can help it.
+    let (rig, old) = serving(
+        "stubborn",
+        r#""ignore_sigterm": true"#,
+        "",
+        &["--stop-timeout", "1s"],
+    );
+    rig.point("2.0");
+    rig.wait_live("2.0");
+    rig.wait_log(&format!(
+        "generation 1 (app.1.0, pid {old}) did not exit within --stop-timeout 1s; sending SIGKILL"
+    ));
+    rig.wait_log("killed by SIGKILL");
+    rig.wait("the stubborn generation to be gone", || !alive(old));
+    rig.assert_children(1);
+}
+
+#[test]
+fn a_serving_generation_that_dies_is_restarted_with_backoff() {
+    let (rig, pid) = serving("dies", "", "", &["--probation", "0"]);
+    kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+    rig.wait_log(&format!(
+        "generation 1 (app.1.0, pid {pid}) died unexpectedly (killed by SIGKILL)"
+    ));
+    let second = rig.wait_live("1.0");
+    assert_ne!(second, pid);
+    rig.wait_status("died unexpectedly (killed by SIGKILL); restarted; serving app.1.0");
+    // It keeps dying: the second restart waits (backoff), never a tight loop.
+    kill(Pid::from_raw(second), Signal::SIGKILL).unwrap();
+    rig.wait("generation 3", || {
+        rig.log().contains("started generation 3")
+    });
+    let third = rig.wait_live("1.0");
+    kill(Pid::from_raw(third), Signal::SIGKILL).unwrap();
+    rig.wait_log("restarting app.1.0 in 500ms (attempt 2)");
+    rig.wait_live("1.0");
+    rig.assert_children(1);
+}
+
+#[test]
+fn a_generations_own_workers_are_retired_with_it() {
+    let (rig, old) = serving("workers", r#""workers": 2"#, "", &[]);
+    let workers: Vec<i32> = procs()
+        .iter()
+        .filter(|p| p.pgid == old && p.pid != old)
+        .map(|p| p.pid)
+        .collect();
+    assert_eq!(workers.len(), 2, "the app started two workers in its group");
+    rig.point("2.0");
+    rig.wait_live("2.0");
+    rig.wait("workers gone with their generation", || {
+        workers.iter().all(|w| !alive(*w))
+    });
+    rig.assert_children(1);
+    // No zombie anywhere under baton.
+    assert!(descendants(rig.baton_pid()).iter().all(|p| {
+        procs()
+            .iter()
+            .find(|q| q.pid == *p)
+            .is_none_or(|q| q.state != 'Z')
+    }));
+}
+
+#[test]
+fn orphaned_grandchildren_are_reaped() {
+    // The app's workers outlive it when it is SIGKILLed alone: baton is their
+    // subreaper, kills the rest of the group, and reaps them.
+    let (rig, old) = serving("orphans", r#""workers": 3"#, "", &["--probation", "0"]);
+    let workers: Vec<i32> = procs()
+        .iter()
+        .filter(|p| p.pgid == old && p.pid != old)
+        .map(|p| p.pid)
+        .collect();
+    assert_eq!(workers.len(), 3);
+    kill(Pid::from_raw(old), Signal::SIGKILL).unwrap();
+    rig.wait_live("1.0");
+    rig.wait("orphans gone, none a zombie", || {
+        workers.iter().all(|w| !alive(*w))
+    });
+    std::thread::sleep(Duration::from_millis(50)); // not asserted on: lets /proc settle
+    rig.assert_children(1);
+}

@@ -1,0 +1,8 @@
+//! One integration test binary (as ripgrep does): real baton, real example
+//! app, real sockets and files. See util/ for the harness.
+
+mod util;
+
+mod cli;
+mod faults;
+mod rollout;

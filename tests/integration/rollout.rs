@@ -1,0 +1,457 @@
+//! The promise: edit current.conf, the service moves to that release with no
+//! failed request, and moves back the same way.
+
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use crate::util::*;
+
+#[test]
+fn rolls_forward_and_back_under_load_without_a_failed_request() {
+    let mut rig = Rig::new("flip");
+    rig.release("1.0", "");
+    rig.release("2.0", "");
+    rig.point("1.0");
+    rig.start(&[]);
+    rig.wait_note("READY=1");
+    let mut live = rig.wait_live("1.0");
+    rig.wait_status(&format!("serving app.1.0 (pid {live}, generation 1)"));
+
+    let load = Load::start(rig.port, 4);
+    let mut retired = Vec::new();
+    for (i, v) in ["2.0", "1.0", "2.0", "1.0", "2.0", "1.0"]
+        .iter()
+        .enumerate()
+    {
+        rig.point(v);
+        let new = rig.wait_live(v);
+        assert_ne!(new, live, "flip {i}: a new generation serves");
+        retired.push(live);
+        live = new;
+        rig.wait_status(&format!(
+            "serving app.{v} (pid {live}, generation {})",
+            i + 2
+        ));
+        // The retired generation drains and is reaped: gone, not a zombie.
+        let old = *retired.last().unwrap();
+        rig.wait(&format!("retired pid {old} to be gone"), || !alive(old));
+    }
+    let report = load.stop();
+    assert_eq!(
+        report.failed,
+        0,
+        "failed requests: {:?}\n{}",
+        &report.errors[..report.errors.len().min(10)],
+        rig.log()
+    );
+    assert!(report.ok > 100, "the load ran: {report:?}");
+    assert_eq!(
+        report
+            .releases
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+        ["1.0", "2.0"]
+    );
+    assert!(retired.iter().all(|p| !alive(*p)));
+    rig.assert_children(1);
+    // READY=1 once, when the first generation was live.
+    let readies = rig
+        .notifications()
+        .iter()
+        .filter(|n| n.lines().any(|l| l == "READY=1"))
+        .count();
+    assert_eq!(readies, 1, "{:#?}", rig.notifications());
+    // The links show what serves.
+    assert_eq!(
+        std::fs::read_link(rig.app_dir.join("app.bin")).unwrap(),
+        rig.release_dir.join("app.1.0")
+    );
+    assert_eq!(
+        std::fs::read_link(rig.app_dir.join("app.cfg")).unwrap(),
+        rig.release_dir.join("cfg.1.0")
+    );
+    let state = rig.state().unwrap();
+    assert_eq!(state["serving"]["pid"], live);
+    assert_eq!(state["last_rollout"]["result"], "succeeded");
+}
+
+#[test]
+fn a_generation_gets_the_socket_its_pid_and_nothing_else() {
+    let mut rig = Rig::new("env");
+    // A wrapper script records what it inherited (signal mask and ignored
+    // signals, before any Rust runtime touches them), then execs the app:
+    // LISTEN_PID stays right across the exec.
+    let wrapper = rig.release_dir.join("app.1.0");
+    let sig_file = rig.tmp.0.join("signals");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\ngrep -E '^Sig(Blk|Ign):' /proc/$$/status > {0}\necho \"argv0=$0\" >> {0}\nexec {APP} \"$@\"\n",
+            sig_file.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    std::fs::write(rig.release_dir.join("cfg.1.0"), r#"{"release": "1.0"}"#).unwrap();
+    rig.point("1.0");
+    // A stray inherited fd without CLOEXEC must not reach the app.
+    let stray = std::fs::File::open("/dev/null").unwrap();
+    let stray_fd = std::os::fd::AsRawFd::as_raw_fd(&stray);
+    nix::fcntl::fcntl(
+        &stray,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+    )
+    .unwrap();
+    rig.start(&[]);
+    let pid = rig.wait_serving("1.0");
+    drop(stray);
+
+    let (_, body) = rig.get("/info").unwrap();
+    let info: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        info["listen_pid"],
+        pid.to_string(),
+        "LISTEN_PID is the app's own pid"
+    );
+    assert_eq!(info["listen_fds"], "1");
+    assert_eq!(
+        info["listen_fdnames"], "app.socket",
+        "LISTEN_FDNAMES passed on as received"
+    );
+    assert_eq!(
+        info["notify_socket"],
+        path_str(&rig.runtime_dir.join("notify.sock")),
+        "NOTIFY_SOCKET is baton's"
+    );
+    assert_eq!(info["watchdog_usec"], serde_json::Value::Null);
+    assert_eq!(info["pgid"], pid, "own process group");
+    assert_eq!(info["ppid"], rig.baton_pid());
+    assert_eq!(info["cwd"], path_str(&rig.app_dir));
+    // argv[0] is bin.file as named (the wrapper's exec then renames it).
+    assert_eq!(info["argv"][1], "-c");
+    assert_eq!(info["argv"][2], path_str(&rig.release_dir.join("cfg.1.0")));
+    let fds: Vec<(i64, String)> = info["fds_at_start"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e[0].as_i64().unwrap(), e[1].as_str().unwrap().to_owned()))
+        .filter(|(_, t)| !t.starts_with("/proc/")) // the app's own read_dir
+        .collect();
+    let numbers: Vec<i64> = fds.iter().map(|(n, _)| *n).collect();
+    assert_eq!(
+        numbers,
+        [0, 1, 2, 3],
+        "only stdio and the socket (stray fd was {stray_fd}): {fds:?}"
+    );
+    assert!(fds[3].1.starts_with("socket:"), "{fds:?}");
+    let sigs = std::fs::read_to_string(&sig_file).unwrap();
+    assert!(
+        sigs.contains("SigBlk:\t0000000000000000"),
+        "default mask: {sigs}"
+    );
+    assert!(
+        sigs.contains("SigIgn:\t0000000000000000"),
+        "default dispositions (no SIGPIPE ignore): {sigs}"
+    );
+    assert!(
+        sigs.contains(&format!("argv0={}", wrapper.display())),
+        "{sigs}"
+    );
+}
+
+#[test]
+fn in_flight_requests_finish_on_the_old_generation() {
+    let mut rig = Rig::new("inflight");
+    rig.release("1.0", "");
+    rig.release("2.0", "");
+    rig.point("1.0");
+    rig.start(&[]);
+    rig.wait_live("1.0");
+    let port = rig.port;
+    let slow = std::thread::spawn(move || http_get(port, "/slow?ms=1500"));
+    rig.wait("the slow request to be in flight", || {
+        rig.log().contains("generation 1") && rig.serving().is_some()
+    });
+    std::thread::sleep(Duration::from_millis(100)); // let it reach the app before the flip (not asserted on)
+    rig.point("2.0");
+    rig.wait_live("2.0");
+    let (code, body) = slow
+        .join()
+        .unwrap()
+        .expect("the in-flight request completed");
+    assert_eq!(code, 200);
+    assert!(
+        body.starts_with("release 1.0"),
+        "served by the old generation while it drained: {body}"
+    );
+    rig.wait_log("generation 1 (app.1.0");
+    rig.wait_log("exited (exit status 0)");
+}
+
+#[test]
+fn sighup_rolls_a_fresh_generation_of_the_same_release() {
+    let mut rig = Rig::new("hup");
+    rig.release("1.0", "");
+    rig.point("1.0");
+    rig.start(&[]);
+    let first = rig.wait_live("1.0");
+    let load = Load::start(rig.port, 2);
+    rig.signal(Signal::SIGHUP);
+    rig.wait_note("RELOADING=1");
+    let note = rig
+        .notifications()
+        .into_iter()
+        .find(|n| n.contains("RELOADING=1"))
+        .unwrap();
+    assert!(note.contains("MONOTONIC_USEC="), "{note}");
+    rig.wait("a fresh generation", || {
+        rig.state().is_some_and(|s| s["serving"]["generation"] == 2)
+    });
+    let second = rig.wait_live("1.0");
+    assert_ne!(first, second);
+    rig.wait("READY=1 after RELOADING=1", || {
+        let n = rig.notifications();
+        let r = n.iter().position(|n| n.contains("RELOADING=1"));
+        r.is_some_and(|r| n[r..].iter().any(|n| n.lines().any(|l| l == "READY=1")))
+    });
+    let report = load.stop();
+    assert_eq!(report.failed, 0, "{:?}", report.errors);
+    rig.wait("the first generation to be gone", || !alive(first));
+    assert_eq!(rig.state().unwrap()["last_rollout"]["trigger"], "reload");
+}
+
+#[test]
+fn sigterm_drains_every_generation_and_exits_zero() {
+    let mut rig = Rig::new("term");
+    rig.release("1.0", "");
+    rig.point("1.0");
+    rig.start(&[]);
+    let pid = rig.wait_live("1.0");
+    let port = rig.port;
+    let slow = std::thread::spawn(move || http_get(port, "/slow?ms=1000"));
+    std::thread::sleep(Duration::from_millis(200)); // let the request reach the app (not asserted on)
+    rig.signal(Signal::SIGTERM);
+    let status = rig.wait_exit();
+    assert_eq!(status.code(), Some(0), "{}", rig.log());
+    rig.wait_note("STOPPING=1");
+    let (code, body) = slow
+        .join()
+        .unwrap()
+        .expect("in-flight request completed during shutdown");
+    assert_eq!((code, body.starts_with("release 1.0")), (200, true));
+    assert!(!alive(pid), "generation gone");
+    assert!(
+        !rig.runtime_dir.join("notify.sock").exists(),
+        "notify socket removed"
+    );
+}
+
+#[test]
+fn sigint_stops_too() {
+    let mut rig = Rig::new("int");
+    rig.release("1.0", "");
+    rig.point("1.0");
+    rig.start(&[]);
+    let pid = rig.wait_live("1.0");
+    rig.signal(Signal::SIGINT);
+    assert_eq!(rig.wait_exit().code(), Some(0));
+    assert!(!alive(pid));
+}
+
+#[test]
+fn a_burst_of_edits_settles_on_the_last_with_at_most_one_extra_generation() {
+    let mut rig = Rig::new("burst");
+    for v in ["1.0", "2.0", "3.0", "4.0"] {
+        rig.release(v, "");
+    }
+    rig.point("1.0");
+    rig.start(&[]);
+    rig.wait_live("1.0");
+    for i in 0..60 {
+        rig.point(["2.0", "3.0", "4.0"][i % 3]);
+    }
+    rig.point("3.0");
+    rig.wait_live("3.0");
+    // Generation 1 served; the burst may start one at its leading edge and
+    // one for its last content: never more.
+    rig.wait("the burst to settle", || {
+        rig.state()
+            .is_some_and(|s| s["generations"].as_array().is_some_and(|g| g.len() == 1))
+    });
+    let started = rig.log().matches("started generation").count();
+    assert!(
+        started <= 3,
+        "{started} generations for one burst:\n{}",
+        rig.log()
+    );
+    rig.assert_children(1);
+}
+
+#[test]
+fn delete_then_recreate_is_seen() {
+    let mut rig = Rig::new("recreate");
+    rig.release("1.0", "");
+    rig.release("2.0", "");
+    rig.point("1.0");
+    rig.start(&[]);
+    rig.wait_live("1.0");
+    std::fs::remove_file(&rig.conf).unwrap();
+    rig.wait_log("was removed; still serving app.1.0");
+    assert_eq!(rig.serving().unwrap().0, "1.0");
+    // Re-created in place, written in two steps (open, write, close).
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&rig.conf).unwrap();
+        f.write_all(br#"{"bin.file": "app.2.0", "#).unwrap();
+        f.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        f.write_all(br#""cfg.file": "cfg.2.0"}"#).unwrap();
+    }
+    rig.wait_live("2.0");
+    assert!(
+        !rig.log().contains("ERROR"),
+        "a half-written create is not an error:\n{}",
+        rig.log()
+    );
+}
+
+#[test]
+fn in_place_edit_and_symlink_swap_are_seen() {
+    let mut rig = Rig::new("inplace");
+    for v in ["1.0", "2.0", "3.0"] {
+        rig.release(v, "");
+    }
+    rig.point("1.0");
+    rig.start(&[]);
+    rig.wait_live("1.0");
+    std::fs::write(
+        &rig.conf,
+        r#"{"bin.file": "app.2.0", "cfg.file": "cfg.2.0"}"#,
+    )
+    .unwrap();
+    rig.wait_live("2.0");
+    // current.conf as a symlink, swapped the way `ln -sf` does.
+    std::fs::write(
+        rig.release_dir.join("conf.3.0"),
+        r#"{"bin.file": "app.3.0", "cfg.file": "cfg.3.0"}"#,
+    )
+    .unwrap();
+    let tmp = rig.release_dir.join(".link");
+    std::os::unix::fs::symlink("conf.3.0", &tmp).unwrap();
+    std::fs::rename(&tmp, &rig.conf).unwrap();
+    rig.wait_live("3.0");
+}
+
+#[test]
+fn home_and_relative_paths_resolve() {
+    let mut rig = Rig::new("home");
+    rig.release("1.0", "");
+    // HOME is ignored in favour of the passwd entry; use an absolute path
+    // under the rig for the "~/" case via a relative path instead, and an
+    // absolute path for the cfg.
+    rig.write_conf(&format!(
+        "{{\"bin.file\": \"./sub/../app.1.0\", \"cfg.file\": \"{}\"}}",
+        rig.release_dir.join("cfg.1.0").display()
+    ));
+    rig.start(&[]);
+    rig.wait_live("1.0");
+}
+
+#[test]
+fn several_sockets_pass_through_in_order() {
+    let mut rig = Rig::new("multi");
+    let path = rig.tmp.0.join("second.sock");
+    let unix = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    rig.extra_fds.push(std::os::fd::AsRawFd::as_raw_fd(&unix));
+    rig.release("1.0", "");
+    rig.point("1.0");
+    rig.start(&[]);
+    rig.wait_live("1.0");
+    let (_, body) = rig.get("/info").unwrap();
+    let info: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(info["listen_fds"], "2");
+    assert_eq!(info["listen_fdnames"], "app.socket:app.socket");
+    // The unix socket (fd 4) serves too.
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    let (code, body) = parse_response(&out).unwrap();
+    assert_eq!((code, parse_hello(&body).unwrap().0.as_str()), (200, "1.0"));
+}
+
+#[test]
+fn standalone_listen_binds_its_own_socket() {
+    let tmp = TempDir::new("listen");
+    let release = tmp.0.join("app/release");
+    std::fs::create_dir_all(&release).unwrap();
+    std::os::unix::fs::symlink(APP, release.join("app.1.0")).unwrap();
+    std::fs::write(release.join("cfg.1.0"), r#"{"release": "1.0"}"#).unwrap();
+    std::fs::write(
+        release.join("current.conf"),
+        r#"{"bin.file": "app.1.0", "cfg.file": "cfg.1.0"}"#,
+    )
+    .unwrap();
+    let sock = tmp.0.join("app.sock");
+    let log = std::fs::File::create(tmp.0.join("log")).unwrap();
+    let mut baton = std::process::Command::new(BATON)
+        .args(["run", "--config", path_str(&release.join("current.conf"))])
+        .arg("--listen")
+        .arg(format!("unix:{}", sock.display()))
+        .env_remove("LISTEN_FDS")
+        .env_remove("NOTIFY_SOCKET")
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let answer = || -> Option<String> {
+        use std::io::{Read, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(&sock).ok()?;
+        s.write_all(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+            .ok()?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).ok()?;
+        parse_response(&out).ok().map(|(_, b)| b)
+    };
+    let ok = wait_until(PATIENCE, || {
+        answer().is_some_and(|b| b.starts_with("release 1.0"))
+    });
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(baton.id() as i32),
+        Signal::SIGTERM,
+    );
+    let status = baton.wait().unwrap();
+    let log = std::fs::read_to_string(tmp.0.join("log")).unwrap();
+    assert!(ok, "served over unix:{}\n{log}", sock.display());
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(!sock.exists(), "socket file removed at exit");
+}
+
+#[test]
+fn watchdog_pings_at_half_the_interval() {
+    let mut rig = Rig::new("watchdog");
+    rig.env.push(("WATCHDOG_USEC".into(), "200000".into()));
+    rig.release("1.0", "");
+    rig.point("1.0");
+    rig.start(&[]);
+    rig.wait_live("1.0");
+    rig.wait("three WATCHDOG=1 pings", || {
+        rig.notifications()
+            .iter()
+            .filter(|n| n.contains("WATCHDOG=1"))
+            .count()
+            >= 3
+    });
+    let (_, body) = rig.get("/info").unwrap();
+    assert!(
+        body.contains("\"watchdog_usec\":null"),
+        "not inherited: {body}"
+    );
+}

@@ -1,0 +1,543 @@
+//! The harness: a temporary release layout, the real baton binary started as
+//! systemd would start it (listening socket on fd 3, LISTEN_FDS=1,
+//! LISTEN_PID = baton's pid, NOTIFY_SOCKET = a datagram socket this harness
+//! reads, as systemd would), the real example app as the releases, an HTTP
+//! client and a load generator. Every wait polls a condition with a deadline;
+//! on timeout the test fails with baton's log attached. Dropping a [`Rig`]
+//! kills whatever it started.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixDatagram;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+pub const BATON: &str = env!("CARGO_BIN_EXE_baton");
+pub const APP: &str = env!("CARGO_BIN_EXE_example-app");
+
+/// Default patience for anything a test waits on.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// A fresh directory under the system temp dir, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::SeqCst);
+        let p = std::env::temp_dir().join(format!("baton-test-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Polls `cond` until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+pub struct Rig {
+    pub tmp: TempDir,
+    /// `<tmp>/app`: the app dir (links, state).
+    pub app_dir: PathBuf,
+    /// `<tmp>/app/release`: releases and current.conf.
+    pub release_dir: PathBuf,
+    pub conf: PathBuf,
+    /// `<tmp>/run`: RUNTIME_DIRECTORY given to baton (holds notify.sock).
+    pub runtime_dir: PathBuf,
+    pub listener: TcpListener,
+    pub port: u16,
+    systemd: UnixDatagram,
+    pub systemd_path: PathBuf,
+    notes: Mutex<Vec<String>>,
+    pub log_path: PathBuf,
+    pub baton: Option<Child>,
+    /// Extra sockets passed after the TCP listener (fd 4, 5, ...).
+    pub extra_fds: Vec<RawFd>,
+    pub env: Vec<(String, String)>,
+}
+
+impl Rig {
+    pub fn new(tag: &str) -> Rig {
+        let tmp = TempDir::new(tag);
+        let app_dir = tmp.0.join("app");
+        let release_dir = app_dir.join("release");
+        let runtime_dir = tmp.0.join("run");
+        std::fs::create_dir_all(&release_dir).unwrap();
+        std::fs::create_dir_all(&runtime_dir).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let systemd_path = tmp.0.join("systemd-notify.sock");
+        let systemd = UnixDatagram::bind(&systemd_path).unwrap();
+        systemd.set_nonblocking(true).unwrap();
+        Rig {
+            conf: release_dir.join("current.conf"),
+            log_path: tmp.0.join("baton.log"),
+            tmp,
+            app_dir,
+            release_dir,
+            runtime_dir,
+            listener,
+            port,
+            systemd,
+            systemd_path,
+            notes: Mutex::new(Vec::new()),
+            baton: None,
+            extra_fds: Vec::new(),
+            env: Vec::new(),
+        }
+    }
+
+    /// Writes release `v`: `app.v` (a link to the example app) and `cfg.v`
+    /// with `{"release": v}` plus `knobs` (a JSON object body, may be empty).
+    pub fn release(&self, v: &str, knobs: &str) {
+        let bin = self.release_dir.join(format!("app.{v}"));
+        let _ = std::fs::remove_file(&bin);
+        std::os::unix::fs::symlink(APP, &bin).unwrap();
+        let sep = if knobs.trim().is_empty() { "" } else { ", " };
+        std::fs::write(
+            self.release_dir.join(format!("cfg.{v}")),
+            format!("{{\"release\": \"{v}\"{sep}{knobs}}}"),
+        )
+        .unwrap();
+    }
+
+    /// Replaces current.conf with `text` the way deploy scripts do: write
+    /// beside it, then rename into place.
+    pub fn write_conf(&self, text: &str) {
+        let tmp = self.release_dir.join(".current.conf.tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &self.conf).unwrap();
+    }
+
+    /// Points current.conf at release `v`.
+    pub fn point(&self, v: &str) {
+        self.write_conf(&format!(
+            "{{\"bin.file\": \"app.{v}\", \"cfg.file\": \"cfg.{v}\"}}\n"
+        ));
+    }
+
+    pub fn start(&mut self, args: &[&str]) {
+        let child = self.spawn_baton(args);
+        self.baton = Some(child);
+    }
+
+    /// Starts baton as systemd would: the listener on fd 3 (and extra fds
+    /// after it), LISTEN_FDS, LISTEN_PID = baton's own pid (set by a shell
+    /// that then execs baton, so the pid is the same), NOTIFY_SOCKET.
+    pub fn spawn_baton(&self, args: &[&str]) -> Child {
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .unwrap();
+        let mut fds = vec![self.listener.as_raw_fd()];
+        fds.extend(&self.extra_fds);
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c")
+            .arg("LISTEN_PID=$$ WATCHDOG_PID=$$ exec \"$0\" \"$@\"")
+            .arg(BATON)
+            .arg("run")
+            .arg("--config")
+            .arg(&self.conf)
+            .args(args)
+            .env("LISTEN_FDS", fds.len().to_string())
+            .env("LISTEN_FDNAMES", vec!["app.socket"; fds.len()].join(":"))
+            .env("NOTIFY_SOCKET", &self.systemd_path)
+            .env("RUNTIME_DIRECTORY", &self.runtime_dir)
+            .env("RUST_LOG", "debug")
+            .env_remove("WATCHDOG_USEC")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        // SAFETY: between fork and exec only dup2 and fcntl, both
+        // async-signal-safe, on fds this process owns.
+        unsafe {
+            cmd.pre_exec(move || {
+                // Copy sources above the targets first, then place them.
+                let n = fds.len() as RawFd;
+                let mut moved = [0 as RawFd; 16];
+                for (i, &fd) in fds.iter().enumerate() {
+                    moved[i] = nix::libc::fcntl(fd, nix::libc::F_DUPFD_CLOEXEC, 3 + n);
+                }
+                for (i, &tmp) in moved.iter().take(fds.len()).enumerate() {
+                    if nix::libc::dup2(tmp, 3 + i as RawFd) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        cmd.spawn().expect("starting baton")
+    }
+
+    pub fn baton_pid(&self) -> i32 {
+        self.baton.as_ref().expect("baton started").id() as i32
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Everything the fake systemd has received so far, one entry per
+    /// datagram.
+    pub fn notifications(&self) -> Vec<String> {
+        let mut notes = self.notes.lock().unwrap();
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = self.systemd.recv(&mut buf) {
+            notes.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        notes.clone()
+    }
+
+    /// Waits for `cond`, failing the test with `what` and baton's log.
+    pub fn wait(&self, what: &str, cond: impl FnMut() -> bool) {
+        self.wait_for(what, PATIENCE, cond)
+    }
+
+    pub fn wait_for(&self, what: &str, timeout: Duration, cond: impl FnMut() -> bool) {
+        if !wait_until(timeout, cond) {
+            panic!(
+                "timed out after {timeout:?} waiting for {what}\n--- baton log ---\n{}\n--- notifications ---\n{:#?}",
+                self.log(),
+                self.notifications()
+            );
+        }
+    }
+
+    pub fn wait_log(&self, needle: &str) {
+        self.wait(&format!("log line containing {needle:?}"), || {
+            self.log().contains(needle)
+        });
+    }
+
+    pub fn wait_note(&self, needle: &str) {
+        self.wait(&format!("notification containing {needle:?}"), || {
+            self.notifications().iter().any(|n| n.contains(needle))
+        });
+    }
+
+    /// The last STATUS= baton sent to its (fake) systemd.
+    pub fn status(&self) -> String {
+        self.notifications()
+            .iter()
+            .flat_map(|n| n.lines().map(str::to_owned).collect::<Vec<_>>())
+            .filter_map(|l| l.strip_prefix("STATUS=").map(str::to_owned))
+            .next_back()
+            .unwrap_or_default()
+    }
+
+    pub fn wait_status(&self, needle: &str) {
+        self.wait(&format!("STATUS containing {needle:?}"), || {
+            self.status().contains(needle)
+        });
+    }
+
+    pub fn get(&self, path: &str) -> std::io::Result<(u16, String)> {
+        http_get(self.port, path)
+    }
+
+    /// `(release, pid)` of whoever answers `GET /`.
+    pub fn serving(&self) -> Option<(String, i32)> {
+        let (code, body) = self.get("/").ok()?;
+        if code != 200 {
+            return None;
+        }
+        parse_hello(&body)
+    }
+
+    /// Waits until `GET /` is answered by release `v`; returns its pid.
+    pub fn wait_serving(&self, v: &str) -> i32 {
+        let mut pid = 0;
+        self.wait(&format!("release {v} to serve"), || match self.serving() {
+            Some((r, p)) if r == v => {
+                pid = p;
+                true
+            }
+            _ => false,
+        });
+        pid
+    }
+
+    /// Waits until the state file says release `v` is live and no rollout
+    /// is in flight; returns the live pid.
+    pub fn wait_live(&self, v: &str) -> i32 {
+        let mut pid = 0;
+        self.wait(
+            &format!("state: app.{v} live with nothing starting"),
+            || {
+                let Some(s) = self.state() else { return false };
+                let live = s["serving"]["release"]["name"].as_str() == Some(&format!("app.{v}"));
+                let starting = s["generations"].as_array().is_some_and(|g| {
+                    g.iter()
+                        .any(|g| matches!(g["state"].as_str(), Some("starting" | "soaking")))
+                });
+                pid = s["serving"]["pid"].as_i64().unwrap_or(0) as i32;
+                live && !starting
+            },
+        );
+        pid
+    }
+
+    pub fn state(&self) -> Option<serde_json::Value> {
+        let text = std::fs::read(self.app_dir.join("baton.state")).ok()?;
+        serde_json::from_slice(&text).ok()
+    }
+
+    /// Sends `sig` to baton.
+    pub fn signal(&self, sig: Signal) {
+        kill(Pid::from_raw(self.baton_pid()), sig).unwrap();
+    }
+
+    /// Waits for baton to exit; returns its status.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let child = self.baton.as_mut().expect("baton started");
+        let mut status = None;
+        let ok = wait_until(PATIENCE, || {
+            status = child.try_wait().unwrap();
+            status.is_some()
+        });
+        assert!(ok, "baton did not exit\n{}", self.log());
+        status.unwrap()
+    }
+
+    /// Processes whose parent is baton.
+    pub fn children(&self) -> Vec<Proc> {
+        procs()
+            .into_iter()
+            .filter(|p| p.ppid == self.baton_pid())
+            .collect()
+    }
+
+    /// Asserts baton has no zombie child and exactly `n` live children.
+    pub fn assert_children(&self, n: usize) {
+        self.wait(
+            &format!("baton to have exactly {n} child(ren) and no zombie"),
+            || {
+                let c = self.children();
+                c.iter().all(|p| p.state != 'Z') && c.len() == n
+            },
+        );
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        if let Some(mut b) = self.baton.take() {
+            let pid = b.id() as i32;
+            // Everything baton started (generations and their groups).
+            let mut tree = descendants(pid);
+            tree.push(pid);
+            for p in tree {
+                let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
+            }
+            let _ = b.wait();
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Proc {
+    pub pid: i32,
+    pub ppid: i32,
+    pub pgid: i32,
+    pub state: char,
+}
+
+/// Every process, from /proc.
+pub fn procs() -> Vec<Proc> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid pgrp ...; comm may contain spaces.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        if f.len() < 3 {
+            continue;
+        }
+        out.push(Proc {
+            pid,
+            state: f[0].chars().next().unwrap_or('?'),
+            ppid: f[1].parse().unwrap_or(0),
+            pgid: f[2].parse().unwrap_or(0),
+        });
+    }
+    out
+}
+
+pub fn descendants(pid: i32) -> Vec<i32> {
+    let all = procs();
+    let mut out = Vec::new();
+    let mut frontier = vec![pid];
+    while let Some(p) = frontier.pop() {
+        for c in all.iter().filter(|c| c.ppid == p) {
+            out.push(c.pid);
+            frontier.push(c.pid);
+        }
+    }
+    out
+}
+
+/// True while `pid` exists (zombies included).
+pub fn alive(pid: i32) -> bool {
+    kill(Pid::from_raw(pid), None).is_ok()
+}
+
+pub fn parse_hello(body: &str) -> Option<(String, i32)> {
+    // "release 2.0 pid 1234"
+    let mut w = body.split_whitespace();
+    match (w.next(), w.next(), w.next(), w.next()) {
+        (Some("release"), Some(r), Some("pid"), Some(p)) => Some((r.to_owned(), p.parse().ok()?)),
+        _ => None,
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection (Connection: close).
+pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    parse_response(&buf)
+}
+
+pub fn parse_response(buf: &[u8]) -> std::io::Result<(u16, String)> {
+    let text = String::from_utf8_lossy(buf);
+    let bad = || {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("bad response: {text:?}"),
+        )
+    };
+    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(bad)?;
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(bad)?;
+    Ok((code, body.to_owned()))
+}
+
+/// What a load run saw.
+#[derive(Debug, Default, Clone)]
+pub struct LoadReport {
+    pub ok: u64,
+    pub failed: u64,
+    pub errors: Vec<String>,
+    pub releases: BTreeSet<String>,
+}
+
+/// Client threads doing `GET /` on fresh connections until stopped (or a
+/// safety limit of 120 s), counting every failure: refused, reset, short
+/// read, non-200.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<LoadReport>>,
+}
+
+impl Load {
+    pub fn start(port: u16, threads: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..threads)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let mut r = LoadReport::default();
+                    let end = Instant::now() + Duration::from_secs(120);
+                    while !stop.load(Ordering::SeqCst) && Instant::now() < end {
+                        match http_get(port, "/") {
+                            Ok((200, body)) => {
+                                r.ok += 1;
+                                if let Some((rel, _)) = parse_hello(&body) {
+                                    r.releases.insert(rel);
+                                }
+                            }
+                            Ok((code, body)) => {
+                                r.failed += 1;
+                                r.errors.push(format!("HTTP {code}: {body}"));
+                            }
+                            Err(e) => {
+                                r.failed += 1;
+                                r.errors.push(e.to_string());
+                            }
+                        }
+                    }
+                    r
+                })
+            })
+            .collect();
+        Load { stop, threads }
+    }
+
+    pub fn stop(self) -> LoadReport {
+        self.stop.store(true, Ordering::SeqCst);
+        let mut total = LoadReport::default();
+        for t in self.threads {
+            let r = t.join().unwrap();
+            total.ok += r.ok;
+            total.failed += r.failed;
+            total.errors.extend(r.errors);
+            total.releases.extend(r.releases);
+        }
+        total
+    }
+}
+
+/// Runs the baton binary with `args` to completion; (status, stdout, stderr).
+pub fn baton_cmd(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BATON)
+        .args(args)
+        .env_remove("LISTEN_FDS")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
