@@ -132,10 +132,14 @@ pub fn spawn(spec: &Spec) -> Result<Child, SpawnError> {
     // LISTEN_PID=: the child writes its pid's digits here, then a NUL.
     let mut listen_pid = vec![0u8; LISTEN_PID_PREFIX.len() + PID_DIGITS + 1];
     listen_pid[..LISTEN_PID_PREFIX.len()].copy_from_slice(LISTEN_PID_PREFIX);
+    // One base pointer for both uses: envp reads the buffer, the child
+    // writes the digits into it.
+    let listen_pid_base: *mut u8 = listen_pid.as_mut_ptr();
     let mut envp: Vec<*const libc::c_char> = env_owned.iter().map(|c| c.as_ptr()).collect();
-    envp.push(listen_pid.as_ptr().cast());
+    envp.push(listen_pid_base.cast_const().cast());
     envp.push(std::ptr::null());
-    let listen_pid_digits: *mut u8 = listen_pid[LISTEN_PID_PREFIX.len()..].as_mut_ptr();
+    // SAFETY: the prefix is shorter than the buffer (sized above).
+    let listen_pid_digits: *mut u8 = unsafe { listen_pid_base.add(LISTEN_PID_PREFIX.len()) };
 
     let cwd = cstring(spec.cwd.as_os_str().as_bytes())?;
     let sources: Vec<RawFd> = spec.listeners.to_vec();

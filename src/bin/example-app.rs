@@ -55,14 +55,14 @@ struct InFlight {
 fn main() {
     let fds_at_start = open_fds();
     let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("--notify-ready") {
-        // A worker sending READY=1 on its leader's behalf (tests the
-        // process-group check in baton).
-        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-        return;
-    }
     if args.get(1).map(String::as_str) == Some("--worker") {
-        // A long-lived worker in the app's process group.
+        // A long-lived worker in the app's process group; with
+        // --notify-ready it reports READY=1 on its leader's behalf first
+        // (baton accepts it by process group: the sender must still exist
+        // when baton reads the datagram, as with systemd's NotifyAccess).
+        if args.get(2).map(String::as_str) == Some("--notify-ready") {
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+        }
         loop {
             std::thread::park();
         }
@@ -161,9 +161,11 @@ fn main() {
         std::thread::sleep(Duration::from_millis(cfg.ready_delay_ms));
         if cfg.ready_from_worker {
             let exe = std::env::current_exe().expect("current_exe");
-            let _ = std::process::Command::new(exe)
-                .arg("--notify-ready")
-                .status();
+            // It lives on in the group, like any worker; never waited for.
+            let worker = std::process::Command::new(exe)
+                .args(["--worker", "--notify-ready"])
+                .spawn();
+            std::mem::forget(worker);
         } else {
             let status = cfg
                 .status

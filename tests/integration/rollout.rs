@@ -88,7 +88,9 @@ fn a_generation_gets_the_socket_its_pid_and_nothing_else() {
     std::fs::write(
         &wrapper,
         format!(
-            "#!/bin/sh\ngrep -E '^Sig(Blk|Ign):' /proc/$$/status > {0}\necho \"argv0=$0\" >> {0}\nexec {APP} \"$@\"\n",
+            // Builtins only: a forking command would see the shell's own
+            // mask while it blocks signals around fork().
+            "#!/bin/sh\nwhile read -r k v; do case $k in SigBlk:|SigIgn:) echo \"$k\t$v\";; esac; done < /proc/self/status > {0}\necho \"argv0=$0\" >> {0}\nexec {APP} \"$@\"\n",
             sig_file.display()
         ),
     )
