@@ -264,10 +264,36 @@ fn orphaned_grandchildren_are_reaped() {
         .collect();
     assert_eq!(workers.len(), 3);
     kill(Pid::from_raw(old), Signal::SIGKILL).unwrap();
-    rig.wait_live("1.0");
+    rig.wait_replaced("1.0", old);
     rig.wait("orphans gone, none a zombie", || {
         workers.iter().all(|w| !alive(*w))
     });
     std::thread::sleep(Duration::from_millis(50)); // not asserted on: lets /proc settle
     rig.assert_children(1);
+}
+
+#[test]
+fn connections_wait_in_the_queue_while_nothing_serves() {
+    // The serving generation is SIGKILLed under load. Requests it held die
+    // with it (at most one per client thread); every new connection waits
+    // in the socket's queue for the restarted generation: none is refused.
+    let (rig, pid) = serving("queue", "", "", &[]);
+    let load = Load::start(rig.port, 4);
+    rig.wait("some load", || rig.log().contains("is live"));
+    std::thread::sleep(Duration::from_millis(200)); // let the load run (not asserted on)
+    kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+    rig.wait_replaced("1.0", pid);
+    std::thread::sleep(Duration::from_millis(200)); // and run on the new one (not asserted on)
+    let report = load.stop();
+    assert!(report.ok > 0);
+    assert!(
+        report.failed <= 4,
+        "only requests in flight on the killed process may fail: {:?}",
+        report.errors
+    );
+    assert!(
+        report.errors.iter().all(|e| !e.contains("refused")),
+        "no connection refused: {:?}",
+        report.errors
+    );
 }

@@ -309,6 +309,21 @@ impl Rig {
         pid
     }
 
+    /// Waits until release `v` is live in a process other than `old`.
+    pub fn wait_replaced(&self, v: &str, old: i32) -> i32 {
+        self.wait(
+            &format!("a generation other than pid {old} to serve {v}"),
+            || {
+                self.state().is_some_and(|s| {
+                    s["serving"]["pid"]
+                        .as_i64()
+                        .is_some_and(|p| p as i32 != old)
+                })
+            },
+        );
+        self.wait_live(v)
+    }
+
     pub fn state(&self) -> Option<serde_json::Value> {
         let text = std::fs::read(self.app_dir.join("baton.state")).ok()?;
         serde_json::from_slice(&text).ok()
