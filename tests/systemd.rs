@@ -1,0 +1,962 @@
+//! End to end under a real systemd 252: the shipped units (systemd/), baton
+//! and the example app, in a container booted per test (see
+//! tests/systemd/harness.rs). Each test names what it asserts; every wait
+//! polls a condition with a deadline.
+//!
+//! These need root and systemd-nspawn; elsewhere each test prints a SKIP
+//! line and passes (BATON_REQUIRE_SYSTEMD_TESTS=1 makes that a failure).
+
+#[path = "systemd/harness.rs"]
+mod harness;
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use harness::{Machine, Tally, stderr, stdout, unit_for_container, wait_for};
+
+const CONF: &str = "/srv/app/release/current.conf";
+const LONG: Duration = Duration::from_secs(30);
+
+/// `systemctl enable --now app.socket`, as docs/systemd.md says.
+fn enable_socket(m: &Machine) {
+    m.run(&["systemctl", "enable", "--now", "app.socket"]);
+    wait_for("app.socket to listen", LONG, || {
+        let s = m.prop("app.socket", "SubState");
+        if s == "listening" { Ok(()) } else { Err(s) }
+    });
+}
+
+/// The socket enabled and the service started by a first connection, which
+/// release `version` answers.
+fn serving(m: &Machine, version: &str) -> baton::state::State {
+    enable_socket(m);
+    let reply = m.get_ok("/");
+    assert!(
+        reply.body.starts_with(&format!("release {version} ")),
+        "{reply:?}"
+    );
+    wait_serving(m, version)
+}
+
+/// Waits until baton's state says `app.<version>` serves and it is the
+/// only generation left.
+fn wait_serving(m: &Machine, version: &str) -> baton::state::State {
+    let name = format!("app.{version}");
+    wait_for(&format!("{name} alone to serve"), LONG, || {
+        let s = m.state("app").ok_or("no state file yet".to_string())?;
+        let live = s.serving.as_ref().map(|g| g.release.name.clone());
+        if live.as_deref() == Some(name.as_str()) && s.generations.len() == 1 {
+            Ok(s)
+        } else {
+            Err(format!(
+                "serving {live:?}, {} generation(s), status {:?}",
+                s.generations.len(),
+                s.status
+            ))
+        }
+    })
+}
+
+/// `baton ARGS --config CONF` inside the container.
+fn baton(m: &Machine, args: &[&str]) -> std::process::Output {
+    let mut all = vec![harness::BATON_IN_CONTAINER];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--config", CONF]);
+    m.exec(&all)
+}
+
+fn assert_no_failures(what: &str, t: &Tally) {
+    eprintln!(
+        "{what}: {} ok {:?}, {} failed, {} generation pid(s) answered",
+        t.ok,
+        t.by_release,
+        t.failures.len(),
+        t.pids.len()
+    );
+    assert!(
+        t.failures.is_empty(),
+        "{what}: {} of {} requests failed ({} refused): {:#?}",
+        t.failures.len(),
+        t.ok + t.failures.len(),
+        t.refused,
+        t.failures
+    );
+    assert!(t.ok > 0, "{what}: no request succeeded: {t:?}");
+}
+
+/// The pids in app.service's cgroup are exactly baton and the serving
+/// generation: every older generation is gone.
+fn assert_only_baton_and(m: &Machine, s: &baton::state::State) {
+    let gen_pid = s.serving.as_ref().and_then(|g| g.pid).expect("serving pid");
+    let want: BTreeSet<i32> = [s.pid as i32, gen_pid].into();
+    wait_for(
+        "app.service to hold only baton and the live generation",
+        LONG,
+        || {
+            let pids = m.unit_pids("app.service");
+            if pids == want {
+                Ok(())
+            } else {
+                Err(format!("cgroup has {pids:?}, want {want:?}"))
+            }
+        },
+    );
+}
+
+// ---- the unit files ----
+
+#[test]
+fn shipped_units_pass_systemd_analyze_verify() {
+    let Some(analyze) = ["/usr/bin/systemd-analyze", "/bin/systemd-analyze"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+    else {
+        harness::skip(
+            "shipped_units_pass_systemd_analyze_verify",
+            "systemd-analyze is not installed",
+        );
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("baton-verify-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    // verify checks that ExecStart's binary exists: point it at cargo's.
+    // Templates are verified as an instance (baton@shop.*).
+    for (unit, as_name) in [
+        ("app.socket", "app.socket"),
+        ("app.service", "app.service"),
+        ("baton@.socket", "baton@shop.socket"),
+        ("baton@.service", "baton@shop.service"),
+    ] {
+        let text = harness::shipped_unit(unit);
+        let text = if unit.ends_with(".service") {
+            harness::substitute(unit, &text, &[("/usr/local/bin/baton", harness::BATON)])
+        } else {
+            text
+        };
+        std::fs::write(dir.join(as_name), text).unwrap();
+    }
+    for pair in [
+        ["app.socket", "app.service"],
+        ["baton@shop.socket", "baton@shop.service"],
+    ] {
+        let out = Command::new(analyze)
+            .arg("verify")
+            .args(pair.iter().map(|u| dir.join(u)))
+            .env("SYSTEMD_LOG_LEVEL", "notice")
+            .output()
+            .unwrap();
+        let text = format!("{}{}", stdout(&out), stderr(&out));
+        assert!(
+            out.status.success() && text.trim().is_empty(),
+            "systemd-analyze verify {pair:?}: {}: {text}",
+            out.status
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+// ---- socket activation ----
+
+#[test]
+fn port_listens_before_the_service_runs_and_the_first_connection_starts_it() {
+    let Some(m) = Machine::boot("activation", &["app"]) else {
+        return;
+    };
+    assert!(
+        m.listening(3000).is_empty(),
+        "nothing listens before app.socket is enabled"
+    );
+    enable_socket(&m);
+    let listening = m.listening(3000);
+    assert!(
+        !listening.is_empty(),
+        "port 3000 is not listening after enable --now app.socket"
+    );
+    let svc = m.show("app.service", &["ActiveState", "MainPID"]);
+    assert_eq!(
+        svc["ActiveState"], "inactive",
+        "app.service must not run before a connection: {svc:?}"
+    );
+    assert_eq!(svc["MainPID"], "0", "{svc:?}");
+    assert!(
+        m.unit_pids("app.service").is_empty(),
+        "no process of app.service may exist yet"
+    );
+    assert!(
+        m.state("app").is_none(),
+        "baton must not have run yet (it writes its state at once)"
+    );
+
+    // The first connection starts app.service and is answered by 1.0. (The
+    // generation may answer a moment before baton's READY=1 reaches systemd.)
+    let reply = m.get_ok("/");
+    assert!(reply.body.starts_with("release 1.0 pid "), "{reply:?}");
+    let svc = wait_for("app.service to be active", LONG, || {
+        let svc = m.show(
+            "app.service",
+            &["ActiveState", "SubState", "MainPID", "NRestarts"],
+        );
+        if svc["ActiveState"] == "activating" {
+            Err(format!("{svc:?}"))
+        } else {
+            Ok(svc)
+        }
+    });
+    assert_eq!(svc["ActiveState"], "active", "{svc:?}");
+    assert_eq!(svc["SubState"], "running", "{svc:?}");
+    assert_eq!(svc["NRestarts"], "0", "{svc:?}");
+    let s = m.state("app").expect("state file");
+    assert_eq!(svc["MainPID"], s.pid.to_string(), "MainPID is baton");
+
+    // Dual stack: IPv4 and IPv6 loopback reach the same generation.
+    let v6 = m
+        .get("[::1]:3000", "/")
+        .unwrap_or_else(|e| panic!("GET over IPv6: {e}"));
+    assert_eq!(v6.release_pid(), reply.release_pid(), "IPv6 reply: {v6:?}");
+}
+
+#[test]
+fn status_text_and_main_pid_name_the_serving_release_and_baton() {
+    let Some(m) = Machine::boot("statustext", &["app"]) else {
+        return;
+    };
+    let s = serving(&m, "1.0");
+    let g = s.serving.clone().unwrap();
+    let want = format!(
+        "serving app.1.0 (pid {}, generation {})",
+        g.pid.unwrap(),
+        g.generation
+    );
+    let show = wait_for("StatusText to name app.1.0", LONG, || {
+        let show = m.show("app", &["StatusText", "MainPID"]);
+        if show["StatusText"].starts_with(&want) {
+            Ok(show)
+        } else {
+            Err(format!("{show:?}, want StatusText starting {want:?}"))
+        }
+    });
+    assert_eq!(show["MainPID"], s.pid.to_string(), "MainPID is baton's pid");
+    let comm = m.run(&["cat", &format!("/proc/{}/comm", s.pid)]);
+    assert_eq!(comm.trim(), "baton", "MainPID's process is baton");
+
+    // After a rollout it names the new release and generation.
+    m.point_at("app", "2.0");
+    let s2 = wait_serving(&m, "2.0");
+    let g2 = s2.serving.unwrap();
+    let want = format!(
+        "serving app.2.0 (pid {}, generation {})",
+        g2.pid.unwrap(),
+        g2.generation
+    );
+    wait_for("StatusText to name app.2.0", LONG, || {
+        let show = m.show("app", &["StatusText", "MainPID"]);
+        if show["StatusText"].starts_with(&want) && show["MainPID"] == s.pid.to_string() {
+            Ok(())
+        } else {
+            Err(format!("{show:?}, want {want:?} and MainPID {}", s.pid))
+        }
+    });
+}
+
+// ---- rolling ----
+
+#[test]
+fn rolling_forward_and_back_under_load_drops_nothing() {
+    let Some(m) = Machine::boot("rolling", &["app"]) else {
+        return;
+    };
+    // Each release takes a moment to get ready, so old and new overlap.
+    m.add_release("app", "1.0", r#"{"release": "1.0", "ready_delay_ms": 300}"#);
+    m.add_release("app", "2.0", r#"{"release": "2.0", "ready_delay_ms": 300}"#);
+    let first = serving(&m, "1.0");
+    let load = m.load(4);
+    load.wait_served("1.0", 50);
+
+    m.point_at("app", "2.0");
+    let second = wait_serving(&m, "2.0");
+    load.wait_served("2.0", 50);
+    assert_only_baton_and(&m, &second);
+
+    m.point_at("app", "1.0");
+    let third = wait_serving(&m, "1.0");
+    load.wait_served("1.0", 50);
+    assert_only_baton_and(&m, &third);
+
+    let t = load.stop();
+    assert_no_failures("rolling 1.0 -> 2.0 -> 1.0", &t);
+    assert!(t.served("1.0") > 0 && t.served("2.0") > 0, "{t:?}");
+    let gen_pids: BTreeSet<i32> = [&first, &second, &third]
+        .iter()
+        .map(|s| s.serving.as_ref().unwrap().pid.unwrap())
+        .collect();
+    assert_eq!(gen_pids.len(), 3, "three distinct generations");
+    assert!(
+        gen_pids.is_subset(&t.pids),
+        "each generation answered: {gen_pids:?} vs {:?}",
+        t.pids
+    );
+    let old: BTreeSet<i32> = [&first, &second]
+        .iter()
+        .map(|s| s.serving.as_ref().unwrap().pid.unwrap())
+        .collect();
+    assert!(
+        m.alive(&old).is_empty(),
+        "old generations still exist: {:?}",
+        m.alive(&old)
+    );
+    assert_eq!(
+        third.pid, first.pid,
+        "baton itself was not restarted by rollouts"
+    );
+}
+
+// ---- systemctl reload ----
+
+#[test]
+fn reload_starts_a_fresh_generation_blocks_until_it_serves_and_drops_nothing() {
+    let Some(m) = Machine::boot("reload", &["app"]) else {
+        return;
+    };
+    // Slow to get ready: `systemctl reload` must wait that long.
+    let delay = Duration::from_millis(800);
+    m.add_release(
+        "app",
+        "1.0",
+        &format!(
+            r#"{{"release": "1.0", "ready_delay_ms": {}}}"#,
+            delay.as_millis()
+        ),
+    );
+    let before = serving(&m, "1.0");
+    let old = before.serving.clone().unwrap();
+    let load = m.load(4);
+    load.wait_served("1.0", 50);
+
+    let t0 = Instant::now();
+    let out = m.systemctl(&["reload", "app"]);
+    let took = t0.elapsed();
+    assert!(
+        out.status.success(),
+        "systemctl reload app: {}: {}",
+        out.status,
+        stderr(&out)
+    );
+    assert!(
+        took >= delay,
+        "systemctl reload returned after {took:?}, before the new generation could be ready ({delay:?})"
+    );
+    // No waiting here: when reload returns, the fresh generation serves.
+    let s = m.state("app").unwrap();
+    let new = s.serving.clone().expect("something serves");
+    assert!(
+        new.generation > old.generation,
+        "a fresh generation serves: {new:?} (was {old:?})"
+    );
+    assert_eq!(new.trigger, "reload");
+    assert_eq!(new.release.name, "app.1.0");
+    let r = s.last_rollout.clone().unwrap();
+    assert_eq!(
+        (r.trigger.as_str(), r.result.as_str()),
+        ("reload", "succeeded")
+    );
+    let svc = m.show("app", &["ActiveState", "MainPID"]);
+    assert_eq!(svc["ActiveState"], "active", "{svc:?}");
+    assert_eq!(svc["MainPID"], before.pid.to_string(), "same baton");
+
+    let s = wait_serving(&m, "1.0");
+    assert_only_baton_and(&m, &s);
+    let new_pid = new.pid.unwrap();
+    wait_for("the fresh generation to answer", LONG, || {
+        let t = load.snapshot();
+        if t.pids.contains(&new_pid) {
+            Ok(())
+        } else {
+            Err(format!("pids seen: {:?}", t.pids))
+        }
+    });
+    let t = load.stop();
+    assert_no_failures("systemctl reload", &t);
+    assert!(t.pids.contains(&old.pid.unwrap()), "old generation served");
+    // ExecReload's outcome is in the journal.
+    m.wait_journal(
+        &["-u", "app"],
+        &[&format!(
+            "reloaded: app.1.0 serves as generation {}",
+            new.generation
+        )],
+    );
+}
+
+#[test]
+fn reload_of_a_bad_release_fails_with_the_reason_in_the_journal() {
+    let Some(m) = Machine::boot("badreload", &["app"]) else {
+        return;
+    };
+    let before = serving(&m, "1.0");
+    let old = before.serving.clone().unwrap();
+    // The release current.conf names is broken in place; only a reload
+    // notices (baton does not watch cfg files).
+    m.add_release(
+        "app",
+        "1.0",
+        r#"{"release": "1.0", "exit_before_ready": 4}"#,
+    );
+    let out = m.systemctl(&["reload", "app"]);
+    assert!(
+        !out.status.success(),
+        "systemctl reload of a bad release must fail: {}",
+        stdout(&out)
+    );
+    // The reason, at error priority, from `baton reload` (ExecReload).
+    let reason = "reload of app.1.0 failed: exited before READY=1 (exit status 4)";
+    m.wait_journal(&["-u", "app", "-p", "err"], &[reason]);
+    let svc = wait_for("StatusText to report the failure", LONG, || {
+        let svc = m.show("app", &["ActiveState", "SubState", "MainPID", "StatusText"]);
+        if svc["StatusText"].contains("failed") {
+            Ok(svc)
+        } else {
+            Err(format!("{svc:?}"))
+        }
+    });
+    assert_eq!(
+        svc["ActiveState"], "active",
+        "the service stays up: {svc:?}"
+    );
+    assert_eq!(svc["MainPID"], before.pid.to_string(), "{svc:?}");
+    assert!(
+        svc["StatusText"].contains("failed: exited before READY=1"),
+        "{svc:?}"
+    );
+    let reply = m.get_ok("/");
+    assert_eq!(
+        reply.release_pid(),
+        Some(("1.0".to_owned(), old.pid.unwrap())),
+        "the old generation serves on"
+    );
+}
+
+// ---- restarts ----
+
+#[test]
+fn restart_refuses_no_connection_and_comes_back_on_the_current_release() {
+    let Some(m) = Machine::boot("restart", &["app"]) else {
+        return;
+    };
+    serving(&m, "1.0");
+    m.point_at("app", "2.0");
+    let before = wait_serving(&m, "2.0");
+    let load = m.load(4);
+    load.wait_served("2.0", 50);
+
+    let out = m.systemctl(&["restart", "app"]);
+    assert!(
+        out.status.success(),
+        "systemctl restart app: {}",
+        stderr(&out)
+    );
+    let after = wait_serving(&m, "2.0");
+    assert_ne!(after.pid, before.pid, "a new baton");
+    let svc = m.show("app", &["MainPID", "ActiveState"]);
+    assert_eq!(svc["MainPID"], after.pid.to_string(), "{svc:?}");
+    load.wait_served("2.0", 50);
+    let new_pid = after.serving.as_ref().unwrap().pid.unwrap();
+    wait_for("the new baton's generation to answer", LONG, || {
+        let t = load.snapshot();
+        if t.pids.contains(&new_pid) {
+            Ok(())
+        } else {
+            Err(format!("pids seen: {:?}", t.pids))
+        }
+    });
+    let t = load.stop();
+    assert_eq!(t.refused, 0, "connections refused during restart: {t:?}");
+    assert_no_failures("systemctl restart", &t);
+    assert_eq!(
+        t.served("1.0"),
+        0,
+        "only the release current.conf names: {t:?}"
+    );
+}
+
+#[test]
+fn kill_9_of_baton_is_restarted_by_systemd_without_refusing_a_connection() {
+    let Some(m) = Machine::boot("kill9", &["app"]) else {
+        return;
+    };
+    serving(&m, "1.0");
+    m.point_at("app", "2.0");
+    let before = wait_serving(&m, "2.0");
+    let load = m.load(4);
+    load.wait_served("2.0", 50);
+
+    m.run(&["kill", "-9", &before.pid.to_string()]);
+    let after = wait_for("systemd to restart baton", LONG, || {
+        let svc = m.show("app", &["NRestarts", "MainPID", "ActiveState"]);
+        let s = m.state("app");
+        match s {
+            Some(s)
+                if svc["NRestarts"] == "1"
+                    && s.pid != before.pid
+                    && svc["ActiveState"] == "active"
+                    && s.serving.is_some() =>
+            {
+                Ok(s)
+            }
+            _ => Err(format!("{svc:?}")),
+        }
+    });
+    assert_eq!(
+        after.serving.as_ref().unwrap().release.name,
+        "app.2.0",
+        "back on the release current.conf names"
+    );
+    load.wait_served("2.0", 50);
+    let t = load.stop();
+    eprintln!(
+        "kill -9: {} ok {:?}, failures {:?}",
+        t.ok, t.by_release, t.failures
+    );
+    assert_eq!(
+        t.refused, 0,
+        "connections refused while baton was down: {:#?}",
+        t.failures
+    );
+    // Requests in flight in the generations systemd SIGKILLed may be cut
+    // off; none may be refused, and the rest must succeed.
+    assert!(
+        t.failures.len() <= 4,
+        "at most one cut-off request per client: {:#?}",
+        t.failures
+    );
+    assert!(t.ok > 100, "{t:?}");
+}
+
+#[test]
+fn baton_killed_with_sigkill_leaves_no_generation_behind() {
+    let Some(m) = Machine::boot("nothingleft", &["app"]) else {
+        return;
+    };
+    // A live generation with two workers, and a rollout in progress whose
+    // generation (with two workers) never gets ready.
+    m.add_release("app", "1.0", r#"{"release": "1.0", "workers": 2}"#);
+    m.add_release(
+        "app",
+        "4.0",
+        r#"{"release": "4.0", "workers": 2, "never_ready": true}"#,
+    );
+    let s = serving(&m, "1.0");
+    m.point_at("app", "4.0");
+    let old_pids = wait_for("baton + 2 generations x 3 processes", LONG, || {
+        let pids = m.unit_pids("app.service");
+        let gens = m.state("app").map_or(0, |s| s.generations.len());
+        if pids.len() == 7 && gens == 2 {
+            Ok(pids)
+        } else {
+            Err(format!("{gens} generations, cgroup {pids:?}"))
+        }
+    });
+    assert!(old_pids.contains(&(s.pid as i32)));
+
+    m.run(&["kill", "-9", &s.pid.to_string()]);
+    wait_for("systemd to notice and restart baton", LONG, || {
+        let svc = m.show("app", &["NRestarts", "MainPID"]);
+        if svc["NRestarts"] == "1" && svc["MainPID"] != "0" && svc["MainPID"] != s.pid.to_string() {
+            Ok(())
+        } else {
+            Err(format!("{svc:?}"))
+        }
+    });
+    let left = m.alive(&old_pids);
+    assert!(
+        left.is_empty(),
+        "processes of the killed baton's generations survive: {left:?}"
+    );
+    let now = m.unit_pids("app.service");
+    assert!(
+        now.is_disjoint(&old_pids),
+        "app.service's cgroup holds old processes: {now:?} vs {old_pids:?}"
+    );
+    // systemd SIGKILLed each of them (KillMode=mixed).
+    let killed: Vec<String> = old_pids
+        .iter()
+        .filter(|p| **p != s.pid as i32)
+        .map(|pid| format!("Killing process {pid} "))
+        .collect();
+    let killed: Vec<&str> = killed.iter().map(String::as_str).collect();
+    m.wait_journal(&["-u", "app"], &killed);
+}
+
+// ---- failures ----
+
+#[test]
+fn a_bad_release_keeps_the_service_up_and_reports_the_failure() {
+    let Some(m) = Machine::boot("badrelease", &["app"]) else {
+        return;
+    };
+    m.add_release(
+        "app",
+        "3.0",
+        r#"{"release": "3.0", "exit_before_ready": 4}"#,
+    );
+    let s = serving(&m, "1.0");
+    let old = s.serving.clone().unwrap();
+    m.point_at("app", "3.0");
+    let status = wait_for("StatusText to report the failed rollout", LONG, || {
+        let st = m.prop("app", "StatusText");
+        if st.contains("rollout of app.3.0 failed") {
+            Ok(st)
+        } else {
+            Err(st)
+        }
+    });
+    assert!(
+        status.contains("exited before READY=1 (exit status 4)")
+            && status.contains("still serving app.1.0"),
+        "{status}"
+    );
+    let svc = m.show("app", &["ActiveState", "SubState", "NRestarts", "MainPID"]);
+    assert_eq!(
+        (svc["ActiveState"].as_str(), svc["SubState"].as_str()),
+        ("active", "running"),
+        "{svc:?}"
+    );
+    assert_eq!(svc["NRestarts"], "0");
+    assert_eq!(svc["MainPID"], s.pid.to_string());
+    let reply = m.get_ok("/");
+    assert_eq!(reply.release_pid(), Some(("1.0".into(), old.pid.unwrap())));
+    m.wait_journal(
+        &["-u", "app", "-p", "err"],
+        &["rollout of app.3.0 failed: exited before READY=1 (exit status 4)"],
+    );
+}
+
+// ---- stopping ----
+
+#[test]
+fn stop_lets_generations_finish_in_flight_requests_within_the_timeout() {
+    let Some(m) = Machine::boot("stop", &["app"]) else {
+        return;
+    };
+    let s = serving(&m, "1.0");
+    let gen_pid = s.serving.as_ref().unwrap().pid.unwrap();
+    let slow_ms = 2500;
+    let path = format!("/slow?ms={slow_ms}");
+    let (reply, took) = std::thread::scope(|scope| {
+        let slow = scope.spawn(|| m.get("127.0.0.1:3000", &path));
+        // In flight = accepted by the generation (ss shows its pid).
+        wait_for("the slow request to be accepted", LONG, || {
+            let ss = m.run(&["ss", "-Htnp", "state", "established", "( sport = :3000 )"]);
+            if ss.contains(&format!("pid={gen_pid},")) {
+                Ok(())
+            } else {
+                Err(ss)
+            }
+        });
+        let t0 = Instant::now();
+        let out = m.systemctl(&["stop", "app"]);
+        let took = t0.elapsed();
+        assert!(out.status.success(), "systemctl stop app: {}", stderr(&out));
+        (slow.join().unwrap(), took)
+    });
+    let reply = reply.unwrap_or_else(|e| panic!("the in-flight /slow request failed: {e}"));
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        reply.body,
+        format!("release 1.0 pid {gen_pid} slept {slow_ms} ms\n"),
+        "answered by the generation that was stopped"
+    );
+    assert!(
+        took < Duration::from_secs(35),
+        "stop took {took:?}, past TimeoutStopSec"
+    );
+    let svc = m.show("app", &["ActiveState", "Result", "MainPID"]);
+    assert_eq!(svc["ActiveState"], "inactive", "{svc:?}");
+    assert_eq!(svc["Result"], "success", "no timeout, no SIGKILL: {svc:?}");
+    assert!(m.unit_pids("app.service").is_empty());
+    // baton sent SIGTERM; the generation drained and exited; no SIGKILL.
+    let log = m.wait_journal(
+        &["-u", "app"],
+        &[
+            "stopping: sending SIGTERM to 1 generation(s)",
+            &format!("example-app[{gen_pid}] release 1.0: drained in"),
+            "all generations stopped; exiting",
+        ],
+    );
+    assert!(!log.contains("SIGKILL"), "nothing was killed:\n{log}");
+    assert_eq!(
+        m.prop("app.socket", "SubState"),
+        "listening",
+        "the socket outlives the service"
+    );
+}
+
+// ---- the client commands ----
+
+#[test]
+fn baton_status_exits_3_when_not_running_0_when_serving_1_after_a_failure() {
+    let Some(m) = Machine::boot("status", &["app"]) else {
+        return;
+    };
+    m.add_release(
+        "app",
+        "3.0",
+        r#"{"release": "3.0", "exit_before_ready": 4}"#,
+    );
+    enable_socket(&m);
+    let out = baton(&m, &["status"]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "not running yet: {}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("baton is not running"),
+        "{}",
+        stderr(&out)
+    );
+
+    let s = serving(&m, "1.0");
+    let out = baton(&m, &["status"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let text = stdout(&out);
+    let g = s.serving.as_ref().unwrap();
+    assert!(
+        text.contains(&format!(
+            "app.1.0 (pid {}, generation {})",
+            g.pid.unwrap(),
+            g.generation
+        )),
+        "{text}"
+    );
+    assert!(text.contains("succeeded"), "{text}");
+
+    let out = baton(&m, &["status", "--json"]);
+    assert_eq!(out.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("--json is JSON");
+    assert_eq!(v["pid"], s.pid);
+    assert_eq!(v["serving"]["release"]["name"], "app.1.0");
+
+    m.point_at("app", "3.0");
+    let out = wait_for("status to report the failed rollout", LONG, || {
+        let out = baton(&m, &["status"]);
+        if out.status.code() == Some(1) {
+            Ok(out)
+        } else {
+            Err(format!("{:?}: {}", out.status.code(), stdout(&out)))
+        }
+    });
+    let text = stdout(&out);
+    assert!(
+        text.contains("app.3.0 (edit) failed") && text.contains("exited before READY=1"),
+        "{text}"
+    );
+
+    m.run(&["systemctl", "stop", "app"]);
+    let out = baton(&m, &["status"]);
+    assert_eq!(out.status.code(), Some(3), "stopped: {}", stderr(&out));
+}
+
+#[test]
+fn baton_switch_wait_returns_once_the_release_serves_or_fails() {
+    let Some(m) = Machine::boot("switch", &["app"]) else {
+        return;
+    };
+    m.add_release("app", "2.0", r#"{"release": "2.0", "ready_delay_ms": 500}"#);
+    m.add_release(
+        "app",
+        "3.0",
+        r#"{"release": "3.0", "exit_before_ready": 4}"#,
+    );
+    serving(&m, "1.0");
+
+    let t0 = Instant::now();
+    let out = baton(&m, &["switch", "2.0", "--wait"]);
+    let took = t0.elapsed();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(stdout(&out).contains("app.2.0 serves"), "{}", stdout(&out));
+    assert!(
+        took >= Duration::from_millis(500),
+        "returned after {took:?}"
+    );
+    // When it returns, 2.0 serves: no waiting here.
+    let s = m.state("app").unwrap();
+    assert_eq!(s.serving.unwrap().release.name, "app.2.0");
+    assert!(m.get_ok("/").body.starts_with("release 2.0 "));
+    let conf = std::fs::read_to_string(m.app_dir("app").join("release/current.conf")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&conf).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({"bin.file": "app.2.0", "cfg.file": "cfg.2.0"}),
+        "relative paths kept"
+    );
+
+    // Already serving: at once.
+    let out = baton(&m, &["switch", "app.2.0", "--wait=5s"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    let out = baton(&m, &["switch", "3.0", "--wait=30s"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("rollout of app.3.0 failed: exited before READY=1 (exit status 4)"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = baton(&m, &["switch", "9.9"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("no release 9.9") && stderr(&out).contains("app.1.0"),
+        "{}",
+        stderr(&out)
+    );
+    // Back to 1.0 with --wait: the rollout back succeeds.
+    let out = baton(&m, &["switch", "1.0", "--wait"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(m.get_ok("/").body.starts_with("release 1.0 "));
+}
+
+#[test]
+fn baton_releases_lists_releases_and_marks_the_serving_one() {
+    let Some(m) = Machine::boot("releases", &["app"]) else {
+        return;
+    };
+    m.add_release(
+        "app",
+        "3.0",
+        r#"{"release": "3.0", "exit_before_ready": 4}"#,
+    );
+    // Not releases: a bin without cfg, a plain file.
+    let dir = m.app_dir("app").join("release");
+    std::os::unix::fs::symlink("/opt/baton/example-app", dir.join("app.5.0")).unwrap();
+    std::fs::write(dir.join("notes.txt"), "hello").unwrap();
+    serving(&m, "1.0");
+    m.point_at("app", "3.0");
+    wait_for("the rollout of 3.0 to fail", LONG, || {
+        let s = m.state("app").unwrap();
+        let r = s.last_rollout.unwrap();
+        if r.result == "failed" {
+            Ok(())
+        } else {
+            Err(r.result)
+        }
+    });
+    let s = m.state("app").unwrap();
+    let g = s.serving.unwrap();
+    let out = baton(&m, &["releases"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines: Vec<String> = stdout(&out).lines().map(|l| l.to_owned()).collect();
+    let want = [
+        format!(
+            "* app.1.0  cfg.1.0  serving (generation {}, pid {})",
+            g.generation,
+            g.pid.unwrap()
+        ),
+        "  app.2.0  cfg.2.0".to_owned(),
+        "* app.3.0  cfg.3.0  named by current.conf".to_owned(),
+    ];
+    assert_eq!(lines, want, "baton releases output");
+}
+
+// ---- template units ----
+
+#[test]
+fn template_units_run_several_apps_one_on_a_drop_in_port() {
+    let Some(m) = Machine::boot("template", &["shop", "blog"]) else {
+        return;
+    };
+    m.add_release("blog", "2.0", r#"{"release": "blog-2.0"}"#);
+    m.point_at("blog", "2.0");
+    // shop gets a TCP port from a drop-in; blog keeps the default socket.
+    m.add_dropin(
+        "baton@shop.socket",
+        "port.conf",
+        "[Socket]\nListenStream=\nListenStream=3001\n",
+    );
+    m.run(&[
+        "systemctl",
+        "enable",
+        "--now",
+        "baton@shop.socket",
+        "baton@blog.socket",
+    ]);
+    let shop = m
+        .get("127.0.0.1:3001", "/")
+        .unwrap_or_else(|e| panic!("GET shop on :3001: {e}"));
+    assert!(shop.body.starts_with("release 1.0 "), "{shop:?}");
+    let blog = m.run(&[
+        "curl",
+        "-sS",
+        "--max-time",
+        "20",
+        "--unix-socket",
+        "/run/baton/blog.sock",
+        "http://blog/",
+    ]);
+    assert!(blog.starts_with("release blog-2.0 "), "{blog}");
+    for (unit, release) in [
+        ("baton@shop.service", "app.1.0"),
+        ("baton@blog.service", "app.2.0"),
+    ] {
+        wait_for(&format!("{unit} to serve {release}"), LONG, || {
+            let svc = m.show(unit, &["ActiveState", "StatusText"]);
+            if svc["ActiveState"] == "active"
+                && svc["StatusText"].starts_with(&format!("serving {release} "))
+            {
+                Ok(())
+            } else {
+                Err(format!("{svc:?}"))
+            }
+        });
+    }
+    // Each instance has its own runtime dir (notify socket) and state.
+    m.run(&["test", "-S", "/run/shop/notify.sock"]);
+    m.run(&["test", "-S", "/run/blog/notify.sock"]);
+    assert!(m.state("shop").is_some() && m.state("blog").is_some());
+
+    // Moving a running instance to another port, as docs/systemd.md says:
+    // a drop-in, then a restart of the socket (its service restarts too).
+    let before = m.state("shop").unwrap().pid;
+    m.add_dropin(
+        "baton@shop.socket",
+        "port.conf",
+        "[Socket]\nListenStream=\nListenStream=3002\n",
+    );
+    m.run(&["systemctl", "restart", "baton@shop.socket"]);
+    let moved = m
+        .get("127.0.0.1:3002", "/")
+        .unwrap_or_else(|e| panic!("GET shop on :3002 after the move: {e}"));
+    assert!(moved.body.starts_with("release 1.0 "), "{moved:?}");
+    assert_eq!(
+        m.get("127.0.0.1:3001", "/").err(),
+        Some(harness::HttpError::Refused),
+        "the old port is closed"
+    );
+    // baton@shop.service was restarted with its socket. (A generation may
+    // answer before its new baton first writes its state: wait for it.)
+    wait_for("a new baton for shop", LONG, || match m.state("shop") {
+        Some(s) if s.pid != before => Ok(()),
+        other => Err(format!("state pid {:?}", other.map(|s| s.pid))),
+    });
+    assert!(unit_for_container("baton@.service").contains("/srv/%i/release/current.conf"));
+}
