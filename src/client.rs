@@ -457,24 +457,11 @@ fn now() -> f64 {
 /// ExecReload) the line carries the error priority, as baton's own log does,
 /// so `journalctl -u app -p err` shows it.
 fn report_failure(msg: &str) {
-    if stderr_is_journal() {
+    if crate::logging::stderr_is_journal() {
         eprintln!("<3>baton: {msg}");
     } else {
         eprintln!("baton: {msg}");
     }
-}
-
-/// JOURNAL_STREAM names the journal's stream socket as `DEV:INODE`; it is
-/// inherited, so stderr must be checked to be that very socket.
-fn stderr_is_journal() -> bool {
-    let Some((dev, ino)) = std::env::var("JOURNAL_STREAM")
-        .ok()
-        .and_then(|v| v.split_once(':').map(|(d, i)| (d.to_owned(), i.to_owned())))
-    else {
-        return false;
-    };
-    nix::sys::stat::fstat(std::io::stderr().as_fd())
-        .is_ok_and(|st| dev.parse::<u64>() == Ok(st.st_dev) && ino.parse::<u64>() == Ok(st.st_ino))
 }
 
 // ---- releases on disk ----

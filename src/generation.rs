@@ -340,6 +340,25 @@ impl Fleet {
 
     // ---- events ----
 
+    /// The release that served when baton last ran (its links): what to
+    /// fall back to if current.conf cannot be rolled out at startup.
+    pub fn remember_last_live(&mut self, release: Release) {
+        self.fallback = Some((release, Trigger::Rollback));
+    }
+
+    /// Nothing serves (current.conf was unusable at startup): start the
+    /// fallback release, if there is one.
+    pub fn serve_fallback(&mut self, now: Instant) {
+        if self.live.is_none() && self.candidate.is_none() {
+            if let Some((r, _)) = &self.fallback {
+                warn!(
+                    "starting {r}, the release that served last (app.bin/app.cfg), until current.conf names one that works"
+                );
+            }
+            self.schedule_recovery(now);
+        }
+    }
+
     /// current.conf names `release` (or SIGHUP asked for a fresh one).
     pub fn want(&mut self, release: Release, trigger: Trigger, now: Instant) {
         if self.shutting_down {
@@ -371,6 +390,24 @@ impl Fleet {
                 }
                 if matches!(self.note, Some(Note::Failure(_))) {
                     self.note = None;
+                }
+                // current.conf names what serves again: that is a rollout
+                // that succeeded, as far as `baton status` is concerned.
+                let settled = self.last_rollout.as_ref().is_some_and(|r| {
+                    r.outcome == Outcome::Succeeded && r.release.as_ref() == Some(&release)
+                });
+                if !settled {
+                    self.rollout_seq += 1;
+                    let now_wall = SystemTime::now();
+                    self.last_rollout = Some(RolloutRecord {
+                        seq: self.rollout_seq,
+                        release: Some(release),
+                        generation: self.live,
+                        trigger,
+                        started: now_wall,
+                        finished: Some(now_wall),
+                        outcome: Outcome::Succeeded,
+                    });
                 }
                 return;
             }
@@ -1045,7 +1082,11 @@ mod tests {
             "back to the serving release"
         );
         assert!(r.f.candidate().is_none());
-        assert_eq!(r.f.last_rollout().unwrap().outcome, Outcome::Superseded);
+        let last = r.f.last_rollout().unwrap();
+        assert_eq!(
+            (&last.outcome, last.release.as_ref().map(Release::name)),
+            (&Outcome::Succeeded, Some("app.1.0".into()))
+        );
         // a late READY from a superseded generation promotes nothing
         assert_eq!(r.ready(3, 1.4), vec![]);
         assert_eq!(r.live(), Some((1, "app.1.0".into())));
@@ -1162,6 +1203,47 @@ mod tests {
             r.ready(3, 0.4),
             vec![Action::Promote { id: 3 }, Action::SystemdReady]
         );
+    }
+
+    #[test]
+    fn back_to_the_serving_release_after_a_failure_is_a_success() {
+        let mut r = Rig::new(settings());
+        r.want("1.0", 0.0);
+        r.ready(1, 0.1);
+        r.want("2.0", 1.0);
+        r.exited(2, 1.1);
+        assert!(matches!(
+            r.f.last_rollout().unwrap().outcome,
+            Outcome::Failed(_)
+        ));
+        assert_eq!(r.want("1.0", 2.0), vec![]);
+        assert_eq!(r.f.last_rollout().unwrap().outcome, Outcome::Succeeded);
+        assert_eq!(r.f.last_rollout().unwrap().generation, Some(1));
+        assert!(r.f.status_line().starts_with("serving app.1.0"));
+    }
+
+    #[test]
+    fn the_last_live_release_is_the_fallback_at_startup() {
+        let mut r = Rig::new(settings());
+        r.f.remember_last_live(rel("1.0"));
+        r.want("2.0", 0.0);
+        assert_eq!(
+            r.exited(1, 0.1),
+            vec![spawn(2, "1.0")],
+            "2.0 fails: the last live one serves"
+        );
+        r.ready(2, 0.2);
+        assert!(
+            r.f.status_line().starts_with("rollout of app.2.0 failed"),
+            "{}",
+            r.f.status_line()
+        );
+        // current.conf unusable at startup: the fallback serves at once.
+        let mut r = Rig::new(settings());
+        r.f.remember_last_live(rel("1.0"));
+        r.f.conf_invalid("/r/current.conf: invalid JSON".into(), Trigger::Startup);
+        r.f.serve_fallback(r.at(0.0));
+        assert_eq!(r.run(), vec![spawn(1, "1.0")]);
     }
 
     #[test]

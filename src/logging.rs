@@ -34,8 +34,9 @@ pub fn init() {
     b.init();
 }
 
-/// JOURNAL_STREAM is "DEV:INODE" of the journal's stream socket.
-fn stderr_is_journal() -> bool {
+/// JOURNAL_STREAM is "DEV:INODE" of the journal's stream socket; it is
+/// inherited, so stderr must be checked to be that very socket.
+pub fn stderr_is_journal() -> bool {
     let Some(v) = std::env::var_os("JOURNAL_STREAM") else {
         return false;
     };

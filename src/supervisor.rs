@@ -163,7 +163,12 @@ pub fn run(args: RunArgs) -> Result<()> {
         exit: false,
         event_at: None,
     };
+    if let Some(last) = sup.last_live() {
+        info!("{last} served when baton last ran (app.bin/app.cfg); it is the fallback");
+        sup.fleet.remember_last_live(last);
+    }
     sup.read_conf(Trigger::Startup, Instant::now());
+    sup.fleet.serve_fallback(Instant::now());
     sup.main_loop(&sigfd, &mut systemd)?;
     drop(listeners);
     info!("all generations stopped; exiting");
@@ -195,7 +200,11 @@ struct Supervisor {
 /// Leading-edge act, trailing-edge fold: see [`SETTLE`].
 #[derive(Default)]
 struct Debounce {
-    last_act: Option<Instant>,
+    /// The last change that counted as an edit. Whether the next one starts
+    /// a burst depends on the time since this, not since baton last read
+    /// the file: otherwise, after one folded burst, every later edit would
+    /// land within SETTLE of the trailing read and be folded too.
+    last_edit: Option<Instant>,
     trailing: Option<Instant>,
 }
 
@@ -272,7 +281,6 @@ impl Supervisor {
             }
             if self.debounce.trailing.is_some_and(|t| t <= now) {
                 self.debounce.trailing = None;
-                self.debounce.last_act = Some(now);
                 debug!(
                     "{} has been quiet for {SETTLE:?}; reading it",
                     self.config.display()
@@ -392,6 +400,17 @@ impl Supervisor {
         }
     }
 
+    /// The release the links name, when both exist and still point at files.
+    fn last_live(&self) -> Option<config::Release> {
+        let bin = std::fs::read_link(self.app_dir.join("app.bin")).ok()?;
+        let cfg = std::fs::read_link(self.app_dir.join("app.cfg")).ok()?;
+        let release = config::Release {
+            bin: self.app_dir.join(bin),
+            cfg: self.app_dir.join(cfg),
+        };
+        (release.bin.is_file() && release.cfg.exists()).then_some(release)
+    }
+
     fn on_signals(&mut self, sigfd: &SignalFd, now: Instant) {
         let mut chld = false;
         // Signals coalesce: one SIGCHLD may stand for many exits.
@@ -477,7 +496,21 @@ impl Supervisor {
                     );
                     continue;
                 }
-                Change::DirBack => info!("watching {} again", self.watcher.dir().display()),
+                Change::DirBack => {
+                    info!("watching {} again", self.watcher.dir().display());
+                    // A re-created directory is usually empty at first: no
+                    // current.conf yet is waiting, as after Removed, not a
+                    // failed rollout.
+                    if std::fs::symlink_metadata(&self.config)
+                        .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+                    {
+                        info!(
+                            "{} does not exist yet; waiting for it",
+                            self.config.display()
+                        );
+                        continue;
+                    }
+                }
                 Change::Overflow => warn!(
                     "inotify queue overflowed; re-reading {}",
                     self.config.display()
@@ -488,13 +521,14 @@ impl Supervisor {
             self.event_at.get_or_insert(now);
             let quiet = self
                 .debounce
-                .last_act
+                .last_edit
                 .is_none_or(|t| now.duration_since(t) >= SETTLE);
             if self.debounce.trailing.is_none() && quiet {
                 if self.read_conf_after(change, now) {
-                    self.debounce.last_act = Some(now);
+                    self.debounce.last_edit = Some(now);
                 }
             } else {
+                self.debounce.last_edit = Some(now);
                 self.debounce.trailing = Some(now + SETTLE);
             }
         }

@@ -244,9 +244,19 @@ fn accept_loop(
         if fd < 0 {
             let e = std::io::Error::last_os_error();
             match e.raw_os_error() {
-                Some(nix::libc::EINTR)
-                | Some(nix::libc::EAGAIN)
-                | Some(nix::libc::ECONNABORTED) => continue,
+                Some(nix::libc::EINTR) | Some(nix::libc::ECONNABORTED) => continue,
+                // Another release set O_NONBLOCK on the shared socket: wait
+                // for a connection rather than spin.
+                Some(nix::libc::EAGAIN) => {
+                    let mut pfd = nix::libc::pollfd {
+                        fd: l.as_raw_fd(),
+                        events: nix::libc::POLLIN,
+                        revents: 0,
+                    };
+                    // SAFETY: poll on one pollfd we own, for at most 100 ms.
+                    unsafe { nix::libc::poll(&mut pfd, 1, 100) };
+                    continue;
+                }
                 _ => {
                     eprintln!("example-app: accept: {e}");
                     std::thread::sleep(Duration::from_millis(10));

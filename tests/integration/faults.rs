@@ -297,3 +297,29 @@ fn connections_wait_in_the_queue_while_nothing_serves() {
         report.errors
     );
 }
+
+#[test]
+fn a_restarted_baton_falls_back_to_what_served_last() {
+    // baton stops (systemctl restart, a reboot); meanwhile current.conf is
+    // pointed at a release that crashes. The new baton tries it, and serves
+    // the release its links name rather than nothing.
+    let (mut rig, _) = serving("fallback", "", r#""exit_before_ready": 9"#, &[]);
+    rig.signal(Signal::SIGTERM);
+    assert_eq!(rig.wait_exit().code(), Some(0));
+    rig.point("2.0");
+    rig.start(&[]);
+    rig.wait_log("app.1.0 served when baton last ran (app.bin/app.cfg); it is the fallback");
+    rig.wait_log(
+        "rollout of app.2.0 failed: exited before READY=1 (exit status 9); nothing is serving",
+    );
+    let pid = rig.wait_live("1.0");
+    rig.wait_status(&format!("rollout of app.2.0 failed: exited before READY=1 (exit status 9); still serving app.1.0 (pid {pid}"));
+    // And with current.conf unreadable at startup.
+    rig.signal(Signal::SIGTERM);
+    assert_eq!(rig.wait_exit().code(), Some(0));
+    rig.write_conf("{ not json");
+    rig.start(&[]);
+    rig.wait_log("starting app.1.0, the release that served last (app.bin/app.cfg)");
+    rig.wait_replaced("1.0", pid);
+    rig.wait_status("cannot roll out");
+}
