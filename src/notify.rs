@@ -24,6 +24,13 @@ pub const MAX_MESSAGE: usize = 4096;
 /// turn under a flood.
 pub const BATCH: usize = 64;
 
+/// The most fds one datagram can carry (the kernel's SCM_MAX_FD). The
+/// control buffer has room for all of them: when it is too small, the
+/// kernel still installs as many fds as fit but flags the message
+/// MSG_CTRUNC, and nix then refuses to iterate the control messages, so
+/// those fds could not be found to be closed and would leak.
+pub const MAX_FDS: usize = 253;
+
 pub struct NotifySocket {
     fd: OwnedFd,
     path: PathBuf,
@@ -91,7 +98,7 @@ impl NotifySocket {
 
     /// Reads one datagram; None when the queue is empty.
     pub fn recv(&mut self) -> Option<Received> {
-        let mut cmsg = nix::cmsg_space!(nix::sys::socket::UnixCredentials, [RawFd; 32]);
+        let mut cmsg = nix::cmsg_space!(nix::sys::socket::UnixCredentials, [RawFd; MAX_FDS]);
         let mut iov = [IoSliceMut::new(&mut self.buf[..])];
         let msg = match socket::recvmsg::<()>(
             self.fd.as_raw_fd(),
@@ -293,5 +300,52 @@ mod tests {
         drop(s);
         assert!(!path.exists());
         std::fs::remove_dir(&dir).unwrap();
+    }
+
+    /// As many fds as one datagram can carry: every one is closed. (With a
+    /// control buffer too small for them the kernel installed the ones that
+    /// fit and flagged MSG_CTRUNC, and those leaked.)
+    #[test]
+    fn the_most_fds_a_datagram_can_carry_are_all_closed() {
+        let dir = std::env::temp_dir().join(format!("baton-notify-fds-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut s = NotifySocket::bind(Some(&dir)).unwrap();
+        let c = UnixDatagram::unbound().unwrap();
+        // Count fds on a file of this test's own, so that other tests
+        // opening and closing fds meanwhile do not matter.
+        let marker = dir.join("marker");
+        let f = std::fs::File::create(&marker).unwrap();
+        let addr = UnixAddr::new(s.path()).unwrap();
+        let open_fds = || {
+            std::fs::read_dir("/proc/self/fd")
+                .unwrap()
+                .flatten()
+                .filter(|e| std::fs::read_link(e.path()).is_ok_and(|t| t == marker))
+                .count()
+        };
+        for n in [1, 32, 33, MAX_FDS] {
+            let fds = vec![f.as_raw_fd(); n];
+            let cmsg = [socket::ControlMessage::ScmRights(&fds)];
+            socket::sendmsg(
+                c.as_raw_fd(),
+                &[std::io::IoSlice::new(b"READY=1")],
+                &cmsg,
+                MsgFlags::empty(),
+                Some(&addr),
+            )
+            .unwrap();
+            assert_eq!(open_fds(), 1);
+            let got = s.recv();
+            assert_eq!(
+                got,
+                Some(Received::Dropped {
+                    pid: Some(std::process::id() as i32),
+                    reason: format!("{n} file descriptor(s) attached (closed)")
+                })
+            );
+            assert_eq!(open_fds(), 1, "{n} fds: every one closed");
+        }
+        drop((s, f));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -367,28 +367,32 @@ fn pidfd_open(pid: Pid) -> Option<OwnedFd> {
     Some(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
+/// pidfd_send_signal(2); signal 0 only checks that the process is not
+/// reaped yet.
+fn pidfd_send_signal(fd: &OwnedFd, sig: libc::c_int) -> nix::Result<()> {
+    // SAFETY: pidfd_send_signal with a pidfd we own, a valid signal number
+    // (or 0), no siginfo and no flags.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            fd.as_raw_fd(),
+            sig,
+            std::ptr::null::<u8>(),
+            0,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(nix::errno::Errno::last())
+    }
+}
+
 /// Sends `sig` through the pidfd (immune to pid reuse), or by pid where the
 /// kernel has no pidfds. ESRCH (already gone) is not an error.
 pub fn signal_leader(child: &Child, sig: nix::sys::signal::Signal) -> nix::Result<()> {
     let r = match &child.pidfd {
-        Some(fd) => {
-            // SAFETY: pidfd_send_signal with a pidfd we own, a valid signal
-            // number, no siginfo and no flags.
-            let rc = unsafe {
-                libc::syscall(
-                    libc::SYS_pidfd_send_signal,
-                    fd.as_raw_fd(),
-                    sig as libc::c_int,
-                    std::ptr::null::<u8>(),
-                    0,
-                )
-            };
-            if rc == 0 {
-                Ok(())
-            } else {
-                Err(nix::errno::Errno::last())
-            }
-        }
+        Some(fd) => pidfd_send_signal(fd, sig as libc::c_int),
         None => nix::sys::signal::kill(child.pid, sig),
     };
     match r {
@@ -400,15 +404,115 @@ pub fn signal_leader(child: &Child, sig: nix::sys::signal::Signal) -> nix::Resul
 /// Signals a generation: its whole process group (the leader and its own
 /// workers) when the leader still leads it, else the leader alone.
 ///
-/// Only the supervisor's reaper reaps, and it removes a generation before
-/// reaping its leader, so while a generation is known here its leader's pid,
-/// and the process group id equal to it, cannot have been recycled.
+/// A process group has no pidfd (PIDFD_SIGNAL_PROCESS_GROUP needs Linux 6.9
+/// and follows the leader into whatever group it is in now), so the group
+/// is signalled by number, the leader's pid. That number is safe while the
+/// leader is unreaped (even a zombie holds its pid), and the pidfd says
+/// whether it is: a reaped leader's pid may be someone else's by now, so
+/// nothing is sent. Only baton reaps its children, in the same thread, so
+/// nothing can reap the leader between the check and the signal.
 pub fn signal_group(child: &Child, sig: nix::sys::signal::Signal) -> nix::Result<()> {
+    if let Some(fd) = &child.pidfd {
+        match pidfd_send_signal(fd, 0) {
+            Err(nix::errno::Errno::ESRCH) => return Ok(()),
+            Err(e) => return Err(e),
+            Ok(()) => {}
+        }
+    }
     match nix::unistd::getpgid(Some(child.pid)) {
         Ok(pgid) if pgid == child.pid => match nix::sys::signal::killpg(child.pid, sig) {
             Err(nix::errno::Errno::ESRCH) => signal_leader(child, sig),
             other => other,
         },
         _ => signal_leader(child, sig),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sys::signal::Signal;
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
+    use std::process::Command;
+
+    fn sleeper(own_group: bool) -> std::process::Child {
+        let mut cmd = Command::new("sleep");
+        cmd.arg("30");
+        if own_group {
+            cmd.process_group(0);
+        }
+        cmd.spawn().unwrap()
+    }
+
+    /// A new process with exactly `pid`, made by pointing the kernel's
+    /// next pid at it (needs CAP_SYS_ADMIN; None without it, or if other
+    /// processes keep taking the number first).
+    fn recycle(pid: i32, own_group: bool) -> Option<std::process::Child> {
+        for _ in 0..200 {
+            std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).ok()?;
+            let mut c = sleeper(own_group);
+            if c.id() as i32 == pid {
+                return Some(c);
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        None
+    }
+
+    /// A generation whose leader was reaped keeps its `Child` (as a bug or a
+    /// race might leave it). Its pid is then handed to an unrelated process:
+    /// neither `signal_leader` nor `signal_group` may reach that process.
+    #[test]
+    fn a_stale_child_never_signals_a_recycled_pid() {
+        for own_group in [false, true] {
+            let mut first = sleeper(true);
+            let pid = Pid::from_raw(first.id() as i32);
+            let stale = Child {
+                pid,
+                pidfd: pidfd_open(pid),
+            };
+            assert!(stale.pidfd.is_some(), "this kernel has pidfds");
+            first.kill().unwrap();
+            first.wait().unwrap(); // reaped: the pid is free again
+            assert_eq!(signal_leader(&stale, Signal::SIGKILL), Ok(()));
+            assert_eq!(signal_group(&stale, Signal::SIGKILL), Ok(()));
+            let Some(mut other) = recycle(pid.as_raw(), own_group) else {
+                eprintln!("could not recycle pid {pid} (not root?); only ESRCH was checked");
+                return;
+            };
+            assert_eq!(
+                nix::unistd::getpgid(Some(pid)).unwrap() == pid,
+                own_group,
+                "the recycled process leads a group numbered like the old one: {own_group}"
+            );
+            assert_eq!(signal_leader(&stale, Signal::SIGKILL), Ok(()));
+            assert_eq!(signal_group(&stale, Signal::SIGKILL), Ok(()));
+            // Had a SIGKILL reached it, it would be dying of SIGKILL already
+            // (a fatal signal sets the exit code when it is sent); it dies of
+            // our SIGTERM instead.
+            nix::sys::signal::kill(pid, Signal::SIGTERM).unwrap();
+            let status = other.wait().unwrap();
+            assert_eq!(
+                status.signal(),
+                Some(libc::SIGTERM),
+                "the recycled pid {pid} was signalled through the stale child (own group: {own_group})"
+            );
+        }
+    }
+
+    #[test]
+    fn signals_reach_the_leader_and_its_group() {
+        let mut leader = sleeper(true);
+        let pid = Pid::from_raw(leader.id() as i32);
+        let child = Child {
+            pid,
+            pidfd: pidfd_open(pid),
+        };
+        signal_group(&child, Signal::SIGTERM).unwrap();
+        assert_eq!(leader.wait().unwrap().signal(), Some(libc::SIGTERM));
+        // Dead and reaped now: nothing to signal, and not an error.
+        assert_eq!(signal_group(&child, Signal::SIGKILL), Ok(()));
+        assert_eq!(signal_leader(&child, Signal::SIGKILL), Ok(()));
     }
 }

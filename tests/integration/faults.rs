@@ -213,7 +213,7 @@ fn a_serving_generation_that_dies_is_restarted_with_backoff() {
     rig.wait_log(&format!(
         "generation 1 (app.1.0, pid {pid}) died unexpectedly (killed by SIGKILL)"
     ));
-    let second = rig.wait_live("1.0");
+    let second = rig.wait_live_anew("1.0", pid);
     assert_ne!(second, pid);
     rig.wait_status("died unexpectedly (killed by SIGKILL); restarted; serving app.1.0");
     // It keeps dying: the second restart waits (backoff), never a tight loop.
@@ -221,7 +221,7 @@ fn a_serving_generation_that_dies_is_restarted_with_backoff() {
     rig.wait("generation 3", || {
         rig.log().contains("started generation 3")
     });
-    let third = rig.wait_live("1.0");
+    let third = rig.wait_live_anew("1.0", second);
     kill(Pid::from_raw(third), Signal::SIGKILL).unwrap();
     rig.wait_log("restarting app.1.0 in 500ms (attempt 2)");
     rig.wait_live("1.0");

@@ -5,4 +5,7 @@ mod util;
 
 mod cli;
 mod faults;
+mod hostile;
+mod properties;
+mod reliability;
 mod rollout;

@@ -82,6 +82,9 @@ pub struct Rig {
     /// Extra sockets passed after the TCP listener (fd 4, 5, ...).
     pub extra_fds: Vec<RawFd>,
     pub env: Vec<(String, String)>,
+    /// Run baton as this (uid, gid) instead of the test's own user (set
+    /// before `start`; the caller arranges the permissions it needs).
+    pub run_as: Option<(u32, u32)>,
 }
 
 impl Rig {
@@ -112,6 +115,7 @@ impl Rig {
             baton: None,
             extra_fds: Vec::new(),
             env: Vec::new(),
+            run_as: None,
         }
     }
 
@@ -180,8 +184,10 @@ impl Rig {
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
-        // SAFETY: between fork and exec only dup2 and fcntl, both
-        // async-signal-safe, on fds this process owns.
+        let run_as = self.run_as;
+        // SAFETY: between fork and exec only dup2, fcntl, setgroups, setgid
+        // and setuid, all async-signal-safe system calls, on fds this
+        // process owns.
         unsafe {
             cmd.pre_exec(move || {
                 // Copy sources above the targets first, then place them.
@@ -194,6 +200,13 @@ impl Rig {
                     if nix::libc::dup2(tmp, 3 + i as RawFd) < 0 {
                         return Err(std::io::Error::last_os_error());
                     }
+                }
+                if let Some((uid, gid)) = run_as
+                    && (nix::libc::setgroups(0, std::ptr::null()) != 0
+                        || nix::libc::setgid(gid) != 0
+                        || nix::libc::setuid(uid) != 0)
+                {
+                    return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
             });
@@ -212,12 +225,19 @@ impl Rig {
     /// Everything the fake systemd has received so far, one entry per
     /// datagram.
     pub fn notifications(&self) -> Vec<String> {
+        self.drain_notifications();
+        self.notes.lock().unwrap().clone()
+    }
+
+    /// Reads what baton sent the fake systemd, as systemd would promptly:
+    /// a unix datagram socket holds only a few unread datagrams
+    /// (net.unix.max_dgram_qlen), and a sender blocks when it is full.
+    fn drain_notifications(&self) {
         let mut notes = self.notes.lock().unwrap();
         let mut buf = [0u8; 8192];
         while let Ok(n) = self.systemd.recv(&mut buf) {
             notes.push(String::from_utf8_lossy(&buf[..n]).into_owned());
         }
-        notes.clone()
     }
 
     /// Waits for `cond`, failing the test with `what` and baton's log.
@@ -225,7 +245,12 @@ impl Rig {
         self.wait_for(what, PATIENCE, cond)
     }
 
-    pub fn wait_for(&self, what: &str, timeout: Duration, cond: impl FnMut() -> bool) {
+    pub fn wait_for(&self, what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+        // Drain the fake systemd while waiting, or baton would block on it.
+        let cond = || {
+            self.drain_notifications();
+            cond()
+        };
         if !wait_until(timeout, cond) {
             panic!(
                 "timed out after {timeout:?} waiting for {what}\n--- baton log ---\n{}\n--- notifications ---\n{:#?}",
@@ -370,6 +395,17 @@ impl Drop for Rig {
     fn drop(&mut self) {
         if let Some(mut b) = self.baton.take() {
             let pid = b.id() as i32;
+            // Stop baton first: a running baton would restart a generation
+            // killed here (after the list of them was taken), and the new
+            // one would outlive the test. Stopped, it forks nothing; wait
+            // for the stop to land, so a fork in progress is finished too.
+            let _ = kill(Pid::from_raw(pid), Signal::SIGSTOP);
+            wait_until(Duration::from_secs(2), || {
+                procs()
+                    .iter()
+                    .find(|p| p.pid == pid)
+                    .is_none_or(|p| matches!(p.state, 'T' | 'Z' | 'X'))
+            });
             // Everything baton started (generations and their groups).
             let mut tree = descendants(pid);
             tree.push(pid);
@@ -493,13 +529,19 @@ pub struct Load {
 
 impl Load {
     pub fn start(port: u16, threads: usize) -> Load {
+        Load::start_for(port, threads, Duration::from_secs(120))
+    }
+
+    /// As [`Load::start`], with a different safety limit (the soak test
+    /// runs for longer than 120 s).
+    pub fn start_for(port: u16, threads: usize, limit: Duration) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let threads = (0..threads)
             .map(|_| {
                 let stop = stop.clone();
                 std::thread::spawn(move || {
                     let mut r = LoadReport::default();
-                    let end = Instant::now() + Duration::from_secs(120);
+                    let end = Instant::now() + limit;
                     while !stop.load(Ordering::SeqCst) && Instant::now() < end {
                         match http_get(port, "/") {
                             Ok((200, body)) => {
@@ -555,4 +597,294 @@ pub fn baton_cmd(args: &[&str]) -> (i32, String, String) {
 
 pub fn path_str(p: &Path) -> &str {
     p.to_str().unwrap()
+}
+
+impl Rig {
+    /// As [`Rig::write_conf`], with `prepare` run on the new file before it
+    /// is renamed into place (chmod, chown: baton must never see the file
+    /// before it is ready).
+    pub fn write_conf_prepared(&self, text: &[u8], prepare: impl FnOnce(&Path)) {
+        let tmp = self.release_dir.join(".current.conf.tmp");
+        std::fs::write(&tmp, text).unwrap();
+        prepare(&tmp);
+        std::fs::rename(&tmp, &self.conf).unwrap();
+    }
+
+    /// As [`Rig::wait_live`], for a generation other than the one in
+    /// process `old`: right after `old` died, the state file may still name
+    /// it for a moment.
+    pub fn wait_live_anew(&self, v: &str, old: i32) -> i32 {
+        self.wait(&format!("a generation of {v} other than pid {old}"), || {
+            self.state().is_some_and(|s| {
+                s["serving"]["pid"]
+                    .as_i64()
+                    .is_some_and(|p| p != old as i64)
+            })
+        });
+        self.wait_live(v)
+    }
+
+    /// The pid of generation `id` from the state file, once it has one.
+    pub fn wait_generation_pid(&self, id: u64) -> i32 {
+        let mut pid = 0;
+        self.wait(&format!("generation {id} to have a pid"), || {
+            let Some(s) = self.state() else { return false };
+            let found = s["generations"].as_array().and_then(|g| {
+                g.iter()
+                    .find(|g| g["generation"] == id)
+                    .and_then(|g| g["pid"].as_i64())
+            });
+            pid = found.unwrap_or(0) as i32;
+            pid != 0
+        });
+        pid
+    }
+
+    /// baton's log lines containing every one of `needles`.
+    pub fn log_lines(&self, needles: &[&str]) -> Vec<String> {
+        self.log()
+            .lines()
+            .filter(|l| needles.iter().all(|n| l.contains(n)))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Waits for a log line containing every one of `needles`; returns it.
+    pub fn wait_line(&self, needles: &[&str]) -> String {
+        let mut line = String::new();
+        self.wait(
+            &format!("a log line containing all of {needles:?}"),
+            || match self.log_lines(needles).into_iter().next() {
+                Some(l) => {
+                    line = l;
+                    true
+                }
+                None => false,
+            },
+        );
+        line
+    }
+}
+
+/// How many fds process `pid` has open.
+pub fn fd_count(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// A numeric field of /proc/PID/status: VmRSS and VmHWM (in KiB), TracerPid.
+pub fn status_num(pid: i32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Seconds since the epoch of baton's RFC 3339 timestamp in a log line
+/// (`2025-11-24T21:15:10.123456Z baton[PID] ...`, env_logger's micro
+/// format). The apps share the log file and their lines may be cut in two
+/// by one of baton's, so the timestamp is found by what follows it.
+pub fn log_time(line: &str) -> f64 {
+    let end = line
+        .find("Z baton[")
+        .unwrap_or_else(|| panic!("no timestamp in {line:?}"));
+    let ts = line.get(end.saturating_sub(26)..=end).unwrap_or("");
+    let num = |r: std::ops::Range<usize>| -> i64 {
+        ts.get(r)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no timestamp in {line:?}"))
+    };
+    let (y, m, d) = (num(0..4), num(5..7), num(8..10));
+    // Days from civil (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + num(11..13) * 3600 + num(14..16) * 60 + num(17..19);
+    let frac: f64 = ts
+        .get(19..ts.len() - 1)
+        .and_then(|f| format!("0{f}").parse().ok())
+        .unwrap_or(0.0);
+    secs as f64 + frac
+}
+
+/// A process in someone else's process group (a generation's), standing in
+/// for one of an app's own workers: it sends whatever datagrams the test
+/// hands it to a unix datagram socket, so that baton sees a sender that
+/// belongs to the generation. Killed and reaped on drop.
+pub struct GroupMember {
+    pub pid: i32,
+    cmd: std::fs::File,
+    ack: std::fs::File,
+}
+
+/// The most fds one datagram may carry (the kernel's SCM_MAX_FD).
+pub const MAX_FDS: usize = 253;
+
+impl GroupMember {
+    /// Forks a process that joins process group `pgid` and then waits for
+    /// datagrams to send to `socket`.
+    pub fn join(pgid: i32, socket: &Path) -> GroupMember {
+        use nix::libc;
+        use std::os::unix::ffi::OsStrExt;
+        // Everything the child uses is allocated before the fork: the test
+        // binary has threads, so the child may only make system calls.
+        // SAFETY: sockaddr_un is plain data; all-zero is a valid value.
+        let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        let path = socket.as_os_str().as_bytes();
+        assert!(path.len() < addr.sun_path.len(), "socket path too long");
+        for (d, s) in addr.sun_path.iter_mut().zip(path) {
+            *d = *s as libc::c_char;
+        }
+        let devnull = std::fs::File::open("/dev/null").unwrap();
+        let devnull_fd = devnull.as_raw_fd();
+        let (cmd_r, cmd_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let (ack_r, ack_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let (cmd_r_fd, ack_w_fd) = (cmd_r.as_raw_fd(), ack_w.as_raw_fd());
+        let mut buf = vec![0u8; 1 << 17];
+        let buf_ptr = buf.as_mut_ptr();
+        // u64s: a control buffer must be aligned for cmsghdr.
+        // SAFETY: CMSG_SPACE is arithmetic.
+        let cspace = unsafe { libc::CMSG_SPACE((MAX_FDS * 4) as u32) } as usize;
+        let mut cbuf = vec![0u64; cspace.div_ceil(8)];
+        let cbuf_ptr = cbuf.as_mut_ptr();
+
+        // SAFETY: the child makes only async-signal-safe system calls on
+        // memory allocated above, and ends in _exit.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            // SAFETY: see above; every pointer is into this process's copy
+            // of the buffers.
+            unsafe {
+                let read_exact = |p: *mut u8, n: usize| -> bool {
+                    let mut got = 0;
+                    while got < n {
+                        let r = libc::read(cmd_r_fd, p.add(got).cast(), n - got);
+                        if r < 0 && *libc::__errno_location() == libc::EINTR {
+                            continue;
+                        }
+                        if r <= 0 {
+                            return false;
+                        }
+                        got += r as usize;
+                    }
+                    true
+                };
+                let ack = |b: u8| {
+                    libc::write(ack_w_fd, (&b as *const u8).cast(), 1);
+                };
+                // Hold no other fd of the test process: one open for writing
+                // on a freshly copied binary would make baton's exec of it
+                // fail with ETXTBSY for as long as this process lives.
+                let mut keep = [cmd_r_fd, ack_w_fd, devnull_fd];
+                keep.sort_unstable();
+                let mut from = 3;
+                for k in keep {
+                    if k > from {
+                        libc::syscall(libc::SYS_close_range, from, k - 1, 0);
+                    }
+                    from = k + 1;
+                }
+                libc::syscall(libc::SYS_close_range, from, libc::c_uint::MAX, 0);
+                if libc::setpgid(0, pgid) != 0 {
+                    ack(1);
+                    libc::_exit(1);
+                }
+                let sock = libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+                ack(if sock < 0 { 1 } else { 0 });
+                loop {
+                    let mut hdr = [0u8; 8];
+                    if !read_exact(hdr.as_mut_ptr(), 8) {
+                        libc::_exit(0);
+                    }
+                    let len = u32::from_ne_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]) as usize;
+                    let nfds = u32::from_ne_bytes([hdr[4], hdr[5], hdr[6], hdr[7]]) as usize;
+                    if !read_exact(buf_ptr, len) {
+                        libc::_exit(0);
+                    }
+                    let mut iov = libc::iovec {
+                        iov_base: buf_ptr.cast(),
+                        iov_len: len,
+                    };
+                    let mut msg: libc::msghdr = std::mem::zeroed();
+                    msg.msg_name = (&addr as *const libc::sockaddr_un).cast_mut().cast();
+                    msg.msg_namelen = std::mem::size_of::<libc::sockaddr_un>() as u32;
+                    msg.msg_iov = &mut iov;
+                    msg.msg_iovlen = 1;
+                    if nfds > 0 {
+                        msg.msg_control = cbuf_ptr.cast();
+                        msg.msg_controllen = libc::CMSG_SPACE((nfds * 4) as u32) as usize;
+                        let c = libc::CMSG_FIRSTHDR(&msg);
+                        (*c).cmsg_level = libc::SOL_SOCKET;
+                        (*c).cmsg_type = libc::SCM_RIGHTS;
+                        (*c).cmsg_len = libc::CMSG_LEN((nfds * 4) as u32) as usize;
+                        let data = libc::CMSG_DATA(c) as *mut libc::c_int;
+                        for i in 0..nfds {
+                            *data.add(i) = devnull_fd;
+                        }
+                    }
+                    let r = libc::sendmsg(sock, &msg, 0);
+                    ack(if r < 0 { 2 } else { 0 });
+                }
+            }
+        }
+        drop((cmd_r, ack_w, buf, cbuf, devnull));
+        let mut m = GroupMember {
+            pid,
+            cmd: std::fs::File::from(cmd_w),
+            ack: std::fs::File::from(ack_r),
+        };
+        assert_eq!(m.read_ack(), 0, "the member could not join group {pgid}");
+        m
+    }
+
+    fn read_ack(&mut self) -> u8 {
+        let mut b = [9u8];
+        self.ack.read_exact(&mut b).expect("member alive");
+        b[0]
+    }
+
+    /// Sends one datagram with `nfds` copies of an fd for /dev/null
+    /// attached (SCM_RIGHTS); returns once it is sent.
+    pub fn send(&mut self, payload: &[u8], nfds: usize) {
+        assert!(nfds <= MAX_FDS && payload.len() <= 1 << 17);
+        let mut msg = (payload.len() as u32).to_ne_bytes().to_vec();
+        msg.extend_from_slice(&(nfds as u32).to_ne_bytes());
+        msg.extend_from_slice(payload);
+        self.cmd.write_all(&msg).unwrap();
+        assert_eq!(self.read_ack(), 0, "sendmsg failed in the member");
+    }
+}
+
+impl Drop for GroupMember {
+    fn drop(&mut self) {
+        let _ = kill(Pid::from_raw(self.pid), Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(Pid::from_raw(self.pid), None);
+    }
+}
+
+/// xorshift64*: deterministic, so a failure replays exactly.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len())]
+    }
 }
