@@ -126,6 +126,7 @@ fn read_capped(path: &Path, policy: &Policy) -> Result<Vec<u8>, String> {
         return Err(format!("is {}, not a regular file", kind_of(&ft)));
     }
     check_owner("current.conf", &meta, policy)?;
+    check_dir(path, policy)?;
     if meta.len() > MAX_CONF_BYTES {
         return Err(format!(
             "is {} bytes, more than the {MAX_CONF_BYTES} a current.conf may be",
@@ -269,7 +270,31 @@ pub fn check_release(release: &Release, policy: &Policy) -> Result<(), String> {
         ));
     }
     check_owner(&format!("cfg.file {}", release.cfg.display()), &cfg, policy)?;
-    Ok(())
+    check_dir(&release.bin, policy)?;
+    check_dir(&release.cfg, policy)
+}
+
+/// The directory holding a file matters as much as the file: whoever can
+/// write it can put another file in its place. A world-writable directory is
+/// refused unless it is sticky (like /tmp, where only owners may replace).
+pub fn check_dir(file: &Path, policy: &Policy) -> Result<(), String> {
+    let Some(dir) = file.parent() else {
+        return Ok(());
+    };
+    let meta =
+        std::fs::metadata(dir).map_err(|e| format!("{}: {}", dir.display(), describe_io(&e)))?;
+    if policy.insecure_permissions {
+        return Ok(());
+    }
+    let what = format!("directory {} (holding {})", dir.display(), file_name(file));
+    if meta.mode() & 0o002 != 0 && meta.mode() & 0o1000 == 0 {
+        return Err(format!(
+            "{what} is world-writable (mode {:o}): anyone could replace what it holds; \
+             chmod o-w it, or pass --insecure-permissions",
+            meta.mode() & 0o7777
+        ));
+    }
+    check_uid(&what, &meta, policy)
 }
 
 fn check_owner(what: &str, meta: &std::fs::Metadata, policy: &Policy) -> Result<(), String> {
@@ -282,6 +307,13 @@ fn check_owner(what: &str, meta: &std::fs::Metadata, policy: &Policy) -> Result<
              chmod o-w it, or pass --insecure-permissions",
             meta.mode() & 0o7777
         ));
+    }
+    check_uid(what, meta, policy)
+}
+
+fn check_uid(what: &str, meta: &std::fs::Metadata, policy: &Policy) -> Result<(), String> {
+    if policy.insecure_permissions {
+        return Ok(());
     }
     if meta.uid() != 0 && meta.uid() != policy.uid {
         return Err(format!(

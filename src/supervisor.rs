@@ -159,7 +159,8 @@ pub fn run(args: RunArgs) -> Result<()> {
         app_dir,
         debounce: Debounce::default(),
         watchdog_at: systemd.watchdog_interval().map(|d| Instant::now() + d),
-        strangers: RateLimit::default(),
+        strangers: RateLimit::new(1),
+        malformed: RateLimit::new(10),
         exit: false,
         event_at: None,
     };
@@ -192,6 +193,8 @@ struct Supervisor {
     debounce: Debounce,
     watchdog_at: Option<Instant>,
     strangers: RateLimit,
+    /// The same for malformed notifications from a generation.
+    malformed: RateLimit,
     exit: bool,
     /// When the change being rolled out was seen (for the timing log).
     event_at: Option<Instant>,
@@ -208,23 +211,38 @@ struct Debounce {
     trailing: Option<Instant>,
 }
 
-/// One warning a second at most for notifications from strangers.
-#[derive(Default)]
+/// At most `burst` warnings a second for a kind of unwanted notification;
+/// the rest are counted and the count told with the next warning.
 struct RateLimit {
-    last: Option<Instant>,
+    burst: u32,
+    window: Option<Instant>,
+    used: u32,
     suppressed: u64,
 }
 
 impl RateLimit {
+    fn new(burst: u32) -> RateLimit {
+        RateLimit {
+            burst,
+            window: None,
+            used: 0,
+            suppressed: 0,
+        }
+    }
+
     fn allow(&mut self, now: Instant) -> Option<u64> {
         if self
-            .last
-            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
+            .window
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
         {
+            self.window = Some(now);
+            self.used = 0;
+        }
+        if self.used >= self.burst {
             self.suppressed += 1;
             return None;
         }
-        self.last = Some(now);
+        self.used += 1;
         Some(std::mem::take(&mut self.suppressed))
     }
 }
@@ -599,7 +617,12 @@ impl Supervisor {
                     }
                     Some(id) => match notify::parse(&text) {
                         Err(e) => {
-                            warn!("generation {id} (pid {pid}) sent a malformed notification: {e}")
+                            if let Some(n) = self.malformed.allow(now) {
+                                warn!(
+                                    "generation {id} (pid {pid}) sent a malformed notification: {e}{}",
+                                    suppressed(n)
+                                )
+                            }
                         }
                         Ok(m) => {
                             if let Some(s) = m.status {

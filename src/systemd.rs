@@ -113,5 +113,9 @@ fn connect(s: &OsString) -> std::io::Result<(UnixDatagram, SocketAddr)> {
         }
     };
     // std opens sockets close-on-exec: no generation inherits this one.
-    Ok((UnixDatagram::unbound()?, addr))
+    // Non-blocking: a service manager that stops reading must not stall
+    // baton's loop (a lost STATUS= is better than a stuck supervisor).
+    let sock = UnixDatagram::unbound()?;
+    sock.set_nonblocking(true)?;
+    Ok((sock, addr))
 }

@@ -732,3 +732,29 @@ fn insecure_permissions_rolls_them_out_knowingly() {
     let report = load.stop();
     assert_eq!(report.failed, 0, "{:?}", report.errors);
 }
+
+#[test]
+fn a_release_in_a_world_writable_directory_is_refused_unless_sticky() {
+    let (rig, pid) = serving("p-dir", "", &[]);
+    let load = Load::start(rig.port, 2);
+    let shared = rig.release_dir.join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::os::unix::fs::symlink(APP, shared.join("app.5.0")).unwrap();
+    std::fs::write(shared.join("cfg.5.0"), r#"{"release": "5.0"}"#).unwrap();
+    chmod(&shared, 0o777);
+    refused(
+        &rig,
+        pid,
+        |r| r.write_conf(r#"{"bin.file": "shared/app.5.0", "cfg.file": "shared/cfg.5.0"}"#),
+        &format!(
+            "directory {} (holding app.5.0) is world-writable (mode 777): anyone could replace what it holds",
+            shared.display()
+        ),
+    );
+    // Sticky, like /tmp: only a file's owner may replace it.
+    chmod(&shared, 0o1777);
+    rig.write_conf(r#"{"bin.file": "shared/app.5.0", "cfg.file": "shared/cfg.5.0"}"#);
+    rig.wait_live("5.0");
+    let report = load.stop();
+    assert_eq!(report.failed, 0, "{:?}", report.errors);
+}
