@@ -6,9 +6,9 @@
 //! buffer, the fd plan) is allocated before `fork`, and the child does nothing
 //! but async-signal-safe system calls: move the sockets to fds 3.., write its
 //! pid's digits into the buffer, reset signals, `setpgid`, `chdir`, `execve`.
-//! A failure in the child is reported through a close-on-exec pipe, so the
-//! parent learns "exec failed: ENOENT" synchronously and "exec succeeded" by
-//! EOF.
+//! A failure in the child is reported through a close-on-exec pipe: EOF
+//! means the exec worked, 8 bytes name the step and errno that failed. The
+//! parent does not wait for either; the supervisor polls the pipe.
 
 use std::ffi::{CString, OsString};
 use std::fmt;
@@ -43,6 +43,9 @@ pub struct Child {
     /// pidfd of the leader, so a signal can never reach a recycled pid.
     /// None on kernels without pidfd_open (before 5.3).
     pub pidfd: Option<OwnedFd>,
+    /// Read end of the exec-status pipe until the outcome is known: EOF
+    /// when the exec worked, a report when it failed (see `exec_outcome`).
+    pub exec_status: Option<OwnedFd>,
 }
 
 /// Why a generation could not be started.
@@ -150,8 +153,9 @@ pub fn spawn(spec: &Spec) -> Result<Child, SpawnError> {
 
     let mut pipe_fds = [0 as libc::c_int; 2];
     // SAFETY: pipe2 writes two fds into the array we own; O_CLOEXEC keeps
-    // them out of every exec'd program.
-    if unsafe { libc::pipe2(pipe_fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+    // them out of every exec'd program; O_NONBLOCK lets the loop read the
+    // outcome without waiting (the child's one 8-byte write never blocks).
+    if unsafe { libc::pipe2(pipe_fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
         return Err(os_err("creating the exec status pipe"));
     }
     // SAFETY: both fds were just created by pipe2 and are owned by nobody else.
@@ -194,43 +198,50 @@ pub fn spawn(spec: &Spec) -> Result<Child, SpawnError> {
     // never miss a child that has not reached its own setpgid yet. After the
     // exec this fails with EACCES, which means the child already did it.
     let _ = nix::unistd::setpgid(child, child);
-    // Wait for exec (EOF) or a report of the step that failed.
-    let mut report = [0u8; 8];
-    let mut got = 0;
-    loop {
-        // SAFETY: reading into our own buffer from the pipe we own.
-        let n = unsafe {
-            libc::read(
-                err_r.as_raw_fd(),
-                report[got..].as_mut_ptr().cast(),
-                report.len() - got,
-            )
-        };
-        if n < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-            continue;
-        }
-        if n <= 0 {
-            break;
-        }
-        got += n as usize;
-        if got == report.len() {
-            break;
-        }
-    }
-    if got == report.len() {
-        let step = u32::from_ne_bytes(report[..4].try_into().unwrap()) as usize;
-        let errno = i32::from_ne_bytes(report[4..].try_into().unwrap());
-        return Err(SpawnError {
-            step: STEPS.get(step).copied().unwrap_or("exec"),
-            errno,
-            pid: Some(pid),
-        });
-    }
+    // The child's copies of argv/envp are its own (copy-on-write): ours can
+    // go. Whether the exec worked is read from `exec_status` when the loop
+    // sees it readable, so baton never waits for a child's exec.
     drop((argv_owned, env_owned, listen_pid, moved));
     Ok(Child {
         pid: child,
         pidfd: pidfd_open(child),
+        exec_status: Some(err_r),
     })
+}
+
+/// What the exec-status pipe says: None while the child has neither exec'd
+/// nor failed, Some(Ok) once it exec'd (EOF), Some(Err) with the step that
+/// failed. The report is 8 bytes, written at once (less than PIPE_BUF), so
+/// it is read whole or not at all.
+pub fn exec_outcome(pipe: &OwnedFd, pid: Pid) -> Option<Result<(), SpawnError>> {
+    let mut report = [0u8; 8];
+    loop {
+        // SAFETY: reading into our own buffer from the pipe we own.
+        let n = unsafe { libc::read(pipe.as_raw_fd(), report.as_mut_ptr().cast(), report.len()) };
+        if n == 0 {
+            return Some(Ok(()));
+        }
+        if n == report.len() as isize {
+            let step = u32::from_ne_bytes(report[..4].try_into().unwrap()) as usize;
+            let errno = i32::from_ne_bytes(report[4..].try_into().unwrap());
+            return Some(Err(SpawnError {
+                step: STEPS.get(step).copied().unwrap_or("exec"),
+                errno,
+                pid: Some(pid.as_raw()),
+            }));
+        }
+        match std::io::Error::last_os_error().raw_os_error() {
+            Some(libc::EINTR) if n < 0 => continue,
+            Some(libc::EAGAIN) if n < 0 => return None,
+            _ => {
+                return Some(Err(SpawnError {
+                    step: "reading the exec status",
+                    errno: libc::EIO,
+                    pid: Some(pid.as_raw()),
+                }));
+            }
+        }
+    }
 }
 
 /// Raw pointers into memory the parent allocated before forking.
@@ -471,6 +482,7 @@ mod tests {
             let stale = Child {
                 pid,
                 pidfd: pidfd_open(pid),
+                exec_status: None,
             };
             assert!(stale.pidfd.is_some(), "this kernel has pidfds");
             first.kill().unwrap();
@@ -508,6 +520,7 @@ mod tests {
         let child = Child {
             pid,
             pidfd: pidfd_open(pid),
+            exec_status: None,
         };
         signal_group(&child, Signal::SIGTERM).unwrap();
         assert_eq!(leader.wait().unwrap().signal(), Some(libc::SIGTERM));

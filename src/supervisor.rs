@@ -179,7 +179,7 @@ pub fn run(args: RunArgs) -> Result<()> {
 struct Supervisor {
     fleet: Fleet,
     /// Every generation leader not yet reaped, with its pidfd.
-    children: HashMap<GenId, Child>,
+    children: HashMap<GenId, Running>,
     listen_fds: Vec<std::os::fd::RawFd>,
     fdnames: Option<String>,
     env: Vec<(OsString, OsString)>,
@@ -198,6 +198,14 @@ struct Supervisor {
     exit: bool,
     /// When the change being rolled out was seen (for the timing log).
     event_at: Option<Instant>,
+}
+
+/// A generation leader baton has not reaped yet.
+struct Running {
+    child: Child,
+    /// When the change that started it was seen, until its exec is known
+    /// (for the timing line).
+    change_seen: Option<Instant>,
 }
 
 /// Leading-edge act, trailing-edge fold: see [`SETTLE`].
@@ -274,11 +282,27 @@ impl Supervisor {
                     PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
                 }
             };
-            let mut fds = [
+            // The three event sources, then the exec-status pipe of every
+            // generation whose exec outcome is not known yet.
+            let execs: Vec<GenId> = self
+                .children
+                .iter()
+                .filter(|(_, r)| r.child.exec_status.is_some())
+                .map(|(id, _)| *id)
+                .collect();
+            let mut fds = vec![
                 PollFd::new(sigfd.as_fd(), PollFlags::POLLIN),
                 PollFd::new(self.watcher.as_fd(), PollFlags::POLLIN),
                 PollFd::new(self.notify.as_fd(), PollFlags::POLLIN),
             ];
+            for id in &execs {
+                let pipe = self.children[id]
+                    .child
+                    .exec_status
+                    .as_ref()
+                    .expect("filtered above");
+                fds.push(PollFd::new(pipe.as_fd(), PollFlags::POLLIN));
+            }
             match poll(&mut fds, timeout) {
                 Ok(_) | Err(nix::errno::Errno::EINTR) => {}
                 Err(e) => return Err(e).context("poll"),
@@ -287,7 +311,13 @@ impl Supervisor {
                 .iter()
                 .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
                 .collect();
+            drop(fds);
             let now = Instant::now();
+            for (i, id) in execs.iter().enumerate() {
+                if ready[3 + i] {
+                    self.on_exec(*id, now);
+                }
+            }
             if ready[0] {
                 self.on_signals(sigfd, now);
             }
@@ -364,16 +394,16 @@ impl Supervisor {
         };
         match spawn::spawn(&spec) {
             Ok(child) => {
-                if let Some(t) = self.event_at.take() {
+                let change_seen = self.event_at.take();
+                if let Some(t) = change_seen {
                     debug!(
-                        "timing: generation {id} exec'd {}us after the change was seen",
+                        "timing: generation {id} forked {}us after the change was seen",
                         t.elapsed().as_micros()
                     );
                 }
                 self.fleet.spawned(id, child.pid.as_raw());
-                self.children.insert(id, child);
+                self.children.insert(id, Running { child, change_seen });
             }
-            // A child that failed before exec is reaped by reap() like any other.
             Err(e) => self.fleet.spawn_failed(
                 id,
                 format!("{}: {e}", release.bin.display()),
@@ -382,8 +412,46 @@ impl Supervisor {
         }
     }
 
+    /// The exec-status pipe of generation `id` is readable: the exec
+    /// worked (EOF) or the child reported the step that failed.
+    fn on_exec(&mut self, id: GenId, now: Instant) {
+        let Some(run) = self.children.get_mut(&id) else {
+            return;
+        };
+        let Some(outcome) = run
+            .child
+            .exec_status
+            .as_ref()
+            .and_then(|p| spawn::exec_outcome(p, run.child.pid))
+        else {
+            return;
+        };
+        run.child.exec_status = None;
+        match outcome {
+            Ok(()) => {
+                if let Some(t) = run.change_seen.take() {
+                    debug!(
+                        "timing: generation {id} exec'd {}us after the change was seen",
+                        t.elapsed().as_micros()
+                    );
+                }
+            }
+            // The child exits 127; reap() finds the generation already gone.
+            Err(e) => self.exec_failed(id, &e, now),
+        }
+    }
+
+    fn exec_failed(&mut self, id: GenId, e: &spawn::SpawnError, now: Instant) {
+        let bin = self
+            .fleet
+            .get(id)
+            .map(|g| g.release.bin.display().to_string())
+            .unwrap_or_default();
+        self.fleet.spawn_failed(id, format!("{bin}: {e}"), now);
+    }
+
     fn signal(&mut self, id: GenId, sig: Sig) {
-        let Some(child) = self.children.get(&id) else {
+        let Some(child) = self.children.get(&id).map(|r| &r.child) else {
             return;
         };
         let signal = match sig {
@@ -455,8 +523,7 @@ impl Supervisor {
     /// WNOWAIT, so that while its zombie still holds the pid (and so the
     /// process group id), whatever is left of its group is killed (as
     /// systemd's KillMode=mixed does); then it is reaped. Anything else
-    /// (orphans re-parented to baton, a child that failed to exec) is
-    /// simply reaped.
+    /// (orphans re-parented to baton) is simply reaped.
     fn reap(&mut self, now: Instant) {
         loop {
             let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
@@ -467,7 +534,11 @@ impl Supervisor {
                     None => return,
                 },
             };
-            let owner = self.fleet.by_pid(pid.as_raw());
+            let owner = self
+                .children
+                .iter()
+                .find(|(_, r)| r.child.pid == pid)
+                .map(|(id, _)| *id);
             if owner.is_some()
                 && let Err(e) = nix::sys::signal::killpg(pid, Signal::SIGKILL)
                 && e != nix::errno::Errno::ESRCH
@@ -484,8 +555,17 @@ impl Supervisor {
             let how = describe_exit(&status);
             match owner {
                 Some(id) => {
-                    self.children.remove(&id);
-                    self.fleet.exited(id, &how, now);
+                    let run = self.children.remove(&id).expect("owner is in children");
+                    // An exec failure not read yet explains the exit best.
+                    match run
+                        .child
+                        .exec_status
+                        .as_ref()
+                        .and_then(|p| spawn::exec_outcome(p, pid))
+                    {
+                        Some(Err(e)) => self.exec_failed(id, &e, now),
+                        _ => self.fleet.exited(id, &how, now),
+                    }
                 }
                 None => debug!("reaped pid {pid} ({how})"),
             }

@@ -226,7 +226,10 @@ pub fn split(lines: &[Line], writes: &BTreeMap<u64, i64>) -> Split {
             last_change = Some(l.ts);
         } else if m.contains(" has been quiet for ") {
             deferred = true;
-        } else if let Some(rest) = m.strip_prefix("timing: generation ") {
+        } else if let Some(rest) = m
+            .strip_prefix("timing: generation ")
+            .filter(|r| r.contains(" exec'd "))
+        {
             let g = num_after(m, "timing: generation ").unwrap_or(0);
             let x = rest
                 .split_once("exec'd ")

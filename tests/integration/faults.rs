@@ -323,3 +323,24 @@ fn a_restarted_baton_falls_back_to_what_served_last() {
     rig.wait_replaced("1.0", pid);
     rig.wait_status("cannot roll out");
 }
+
+#[test]
+fn a_release_whose_exec_fails_is_a_failed_rollout() {
+    // Executable, so it passes every check; only execve can tell that its
+    // interpreter does not exist. The loop learns it from the exec-status
+    // pipe, without ever waiting for the child.
+    let (rig, pid) = serving("execfail", "", "", &[]);
+    let bin = rig.release_dir.join("app.3.0");
+    std::fs::write(&bin, "#!/nonexistent/interpreter\n").unwrap();
+    std::fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::write(rig.release_dir.join("cfg.3.0"), "{}").unwrap();
+    rig.point("3.0");
+    rig.wait_log(&format!(
+        "rollout of app.3.0 failed: cannot start: {}: execve failed: No such file or directory",
+        bin.display()
+    ));
+    assert_eq!(rig.serving(), Some(("1.0".into(), pid)));
+    rig.assert_children(1);
+    rig.point("2.0");
+    rig.wait_live("2.0");
+}
