@@ -259,6 +259,8 @@ impl Supervisor {
     fn main_loop(&mut self, sigfd: &SignalFd, systemd: &mut Systemd) -> Result<()> {
         loop {
             self.carry_out(systemd);
+            // A change that started nothing must not time a later rollout.
+            self.event_at = None;
             if self.exit {
                 self.publish(systemd);
                 return Ok(());
@@ -662,7 +664,6 @@ impl Supervisor {
                     .unwrap_or_else(|| "nothing".into());
                 error!("{e}; still serving {serving}");
                 self.fleet.conf_invalid(e.to_string(), trigger);
-                self.event_at = None;
             }
         }
     }
