@@ -256,7 +256,7 @@ mod tests {
     }
 
     #[test]
-    fn credentials_fds_and_oversize() {
+    fn credentials_and_oversize() {
         let dir = std::env::temp_dir().join(format!("baton-notify-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut s = NotifySocket::bind(Some(&dir)).unwrap();
@@ -273,28 +273,6 @@ mod tests {
         c.send_to(&vec![b'x'; MAX_MESSAGE + 10], s.path()).unwrap();
         assert!(
             matches!(s.recv(), Some(Received::Dropped { reason, .. }) if reason.contains("more than"))
-        );
-        // an fd attached: dropped, and closed on our side
-        let f = std::fs::File::open("/dev/null").unwrap();
-        let fds = [f.as_raw_fd()];
-        let cmsg = [socket::ControlMessage::ScmRights(&fds)];
-        let addr = UnixAddr::new(s.path()).unwrap();
-        socket::sendmsg(
-            c.as_raw_fd(),
-            &[std::io::IoSlice::new(b"READY=1")],
-            &cmsg,
-            MsgFlags::empty(),
-            Some(&addr),
-        )
-        .unwrap();
-        let before = std::fs::read_dir("/proc/self/fd").unwrap().count();
-        assert!(
-            matches!(s.recv(), Some(Received::Dropped { reason, .. }) if reason.contains("file descriptor"))
-        );
-        assert_eq!(
-            std::fs::read_dir("/proc/self/fd").unwrap().count(),
-            before,
-            "received fd was closed"
         );
         let path = s.path().to_owned();
         drop(s);

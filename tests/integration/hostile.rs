@@ -397,14 +397,7 @@ fn then_a_good_edit_rolls(rig: &Rig, load: Load) {
     if rig.conf.is_dir() {
         std::fs::remove_dir(&rig.conf).unwrap();
     }
-    rig.point("2.0");
-    let new = rig.wait_live("2.0");
-    rig.wait_status(&format!(
-        "serving app.2.0 (pid {new}, generation 2): release 2.0 accepting"
-    ));
-    let report = load.stop();
-    assert_eq!(report.failed, 0, "{:?}", report.errors);
-    rig.assert_children(1);
+    rig.roll_cleanly("2.0", 2, load);
 }
 
 /// Valid JSON naming 2.0, padded to `len` bytes.

@@ -447,14 +447,7 @@ fn the_release_directory_deleted_and_recreated_is_watched_again() {
     );
     // Releases land in the new directory; an edit there rolls.
     rig.release("2.0", "");
-    rig.point("2.0");
-    let new = rig.wait_live("2.0");
-    rig.wait_status(&format!(
-        "serving app.2.0 (pid {new}, generation 2): release 2.0 accepting"
-    ));
-    let report = load.stop();
-    assert_eq!(report.failed, 0, "{:?}", report.errors);
-    rig.assert_children(1);
+    rig.roll_cleanly("2.0", 2, load);
 }
 
 #[test]
@@ -489,14 +482,7 @@ fn the_release_directory_replaced_by_a_rename_is_watched_again() {
     // The renamed-in directory's current.conf is read at once...
     rig.wait_live("2.0");
     // ...and edits in it are seen.
-    rig.point("3.0");
-    let new = rig.wait_live("3.0");
-    rig.wait_status(&format!(
-        "serving app.3.0 (pid {new}, generation 3): release 3.0 accepting"
-    ));
-    let report = load.stop();
-    assert_eq!(report.failed, 0, "{:?}", report.errors);
-    rig.assert_children(1);
+    rig.roll_cleanly("3.0", 3, load);
 }
 
 // ---- logging ----

@@ -349,6 +349,20 @@ impl Rig {
         self.wait_live(v)
     }
 
+    /// Points current.conf at `v`, waits until generation `generation`
+    /// serves it (state and STATUS), then stops `load` and asserts that no
+    /// request failed and baton has exactly one child.
+    pub fn roll_cleanly(&self, v: &str, generation: u64, load: Load) {
+        self.point(v);
+        let new = self.wait_live(v);
+        self.wait_status(&format!(
+            "serving app.{v} (pid {new}, generation {generation}): release {v} accepting"
+        ));
+        let report = load.stop();
+        assert_eq!(report.failed, 0, "{:?}", report.errors);
+        self.assert_children(1);
+    }
+
     pub fn state(&self) -> Option<serde_json::Value> {
         let text = std::fs::read(self.app_dir.join("baton.state")).ok()?;
         serde_json::from_slice(&text).ok()
