@@ -8,17 +8,6 @@ use nix::unistd::Pid;
 
 use crate::util::*;
 
-/// A rig serving release 1.0 (and with 2.0 on disk), plus `args`.
-fn serving(tag: &str, one: &str, two: &str, args: &[&str]) -> (Rig, i32) {
-    let mut rig = Rig::new(tag);
-    rig.release("1.0", one);
-    rig.release("2.0", two);
-    rig.point("1.0");
-    rig.start(args);
-    let pid = rig.wait_live("1.0");
-    (rig, pid)
-}
-
 /// Writes a bad current.conf; asserts the error names the file and
 /// `reason`, STATUS says so, 1.0 keeps serving, the links stay; then a good
 /// edit still rolls.

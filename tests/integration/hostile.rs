@@ -18,13 +18,7 @@ use crate::util::*;
 
 /// A rig serving release 1.0 (2.0 on disk with `two`), started with `args`.
 fn serving(tag: &str, two: &str, args: &[&str]) -> (Rig, i32) {
-    let mut rig = Rig::new(tag);
-    rig.release("1.0", "");
-    rig.release("2.0", two);
-    rig.point("1.0");
-    rig.start(args);
-    let pid = rig.wait_live("1.0");
-    (rig, pid)
+    crate::util::serving(tag, "", two, args)
 }
 
 fn notify_sock(rig: &Rig) -> PathBuf {

@@ -11,13 +11,8 @@ use crate::util::*;
 /// A rig serving release 1.0 (2.0 and 3.0 on disk, good unless `two` says
 /// otherwise), started with `args`.
 fn serving(tag: &str, two: &str, args: &[&str]) -> (Rig, i32) {
-    let mut rig = Rig::new(tag);
-    rig.release("1.0", "");
-    rig.release("2.0", two);
+    let (rig, pid) = crate::util::serving(tag, "", two, args);
     rig.release("3.0", "");
-    rig.point("1.0");
-    rig.start(args);
-    let pid = rig.wait_live("1.0");
     (rig, pid)
 }
 

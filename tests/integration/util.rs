@@ -431,6 +431,18 @@ impl Drop for Rig {
     }
 }
 
+/// A rig serving release 1.0 (cfg knobs `one`), with 2.0 (knobs `two`) on
+/// disk, baton started with `args`; returns it and the live pid.
+pub fn serving(tag: &str, one: &str, two: &str, args: &[&str]) -> (Rig, i32) {
+    let mut rig = Rig::new(tag);
+    rig.release("1.0", one);
+    rig.release("2.0", two);
+    rig.point("1.0");
+    rig.start(args);
+    let pid = rig.wait_live("1.0");
+    (rig, pid)
+}
+
 #[derive(Debug, Clone)]
 pub struct Proc {
     pub pid: i32,
