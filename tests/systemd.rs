@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use harness::{Machine, Tally, stderr, stdout, unit_for_container, wait_for};
+use harness::{Load, Machine, Tally, stderr, stdout, unit_for_container, wait_for};
 
 const CONF: &str = "/srv/app/release/current.conf";
 const LONG: Duration = Duration::from_secs(30);
@@ -439,16 +439,23 @@ fn reload_of_a_bad_release_fails_with_the_reason_in_the_journal() {
 
 // ---- restarts ----
 
+/// Serves 1.0, rolls to 2.0, and starts 4 clients that have already been
+/// answered by 2.0: the starting point for restarting baton under load.
+fn rolled_to_2_0_under_load(m: &Machine) -> (baton::state::State, Load) {
+    serving(m, "1.0");
+    m.point_at("app", "2.0");
+    let before = wait_serving(m, "2.0");
+    let load = m.load(4);
+    load.wait_served("2.0", 50);
+    (before, load)
+}
+
 #[test]
 fn restart_refuses_no_connection_and_comes_back_on_the_current_release() {
     let Some(m) = Machine::boot("restart", &["app"]) else {
         return;
     };
-    serving(&m, "1.0");
-    m.point_at("app", "2.0");
-    let before = wait_serving(&m, "2.0");
-    let load = m.load(4);
-    load.wait_served("2.0", 50);
+    let (before, load) = rolled_to_2_0_under_load(&m);
 
     let out = m.systemctl(&["restart", "app"]);
     assert!(
@@ -485,11 +492,7 @@ fn kill_9_of_baton_is_restarted_by_systemd_without_refusing_a_connection() {
     let Some(m) = Machine::boot("kill9", &["app"]) else {
         return;
     };
-    serving(&m, "1.0");
-    m.point_at("app", "2.0");
-    let before = wait_serving(&m, "2.0");
-    let load = m.load(4);
-    load.wait_served("2.0", 50);
+    let (before, load) = rolled_to_2_0_under_load(&m);
 
     m.run(&["kill", "-9", &before.pid.to_string()]);
     let after = wait_for("systemd to restart baton", LONG, || {

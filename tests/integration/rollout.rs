@@ -169,12 +169,7 @@ fn a_generation_gets_the_socket_its_pid_and_nothing_else() {
 
 #[test]
 fn in_flight_requests_finish_on_the_old_generation() {
-    let mut rig = Rig::new("inflight");
-    rig.release("1.0", "");
-    rig.release("2.0", "");
-    rig.point("1.0");
-    rig.start(&[]);
-    rig.wait_live("1.0");
+    let (rig, _) = serving("inflight", "", "", &[]);
     let port = rig.port;
     let slow = std::thread::spawn(move || http_get(port, "/slow?ms=1500"));
     rig.wait("the slow request to be in flight", || {
@@ -198,11 +193,7 @@ fn in_flight_requests_finish_on_the_old_generation() {
 
 #[test]
 fn sighup_rolls_a_fresh_generation_of_the_same_release() {
-    let mut rig = Rig::new("hup");
-    rig.release("1.0", "");
-    rig.point("1.0");
-    rig.start(&[]);
-    let first = rig.wait_live("1.0");
+    let (rig, first) = serving("hup", "", "", &[]);
     let load = Load::start(rig.port, 2);
     rig.signal(Signal::SIGHUP);
     rig.wait_note("RELOADING=1");
@@ -230,11 +221,7 @@ fn sighup_rolls_a_fresh_generation_of_the_same_release() {
 
 #[test]
 fn sigterm_drains_every_generation_and_exits_zero() {
-    let mut rig = Rig::new("term");
-    rig.release("1.0", "");
-    rig.point("1.0");
-    rig.start(&[]);
-    let pid = rig.wait_live("1.0");
+    let (mut rig, pid) = serving("term", "", "", &[]);
     let port = rig.port;
     let slow = std::thread::spawn(move || http_get(port, "/slow?ms=1000"));
     std::thread::sleep(Duration::from_millis(200)); // let the request reach the app (not asserted on)
@@ -256,11 +243,7 @@ fn sigterm_drains_every_generation_and_exits_zero() {
 
 #[test]
 fn sigint_stops_too() {
-    let mut rig = Rig::new("int");
-    rig.release("1.0", "");
-    rig.point("1.0");
-    rig.start(&[]);
-    let pid = rig.wait_live("1.0");
+    let (mut rig, pid) = serving("int", "", "", &[]);
     rig.signal(Signal::SIGINT);
     assert_eq!(rig.wait_exit().code(), Some(0));
     assert!(!alive(pid));
@@ -268,13 +251,9 @@ fn sigint_stops_too() {
 
 #[test]
 fn a_burst_of_edits_settles_on_the_last_with_at_most_one_extra_generation() {
-    let mut rig = Rig::new("burst");
-    for v in ["1.0", "2.0", "3.0", "4.0"] {
-        rig.release(v, "");
-    }
-    rig.point("1.0");
-    rig.start(&[]);
-    rig.wait_live("1.0");
+    let (rig, _) = serving("burst", "", "", &[]);
+    rig.release("3.0", "");
+    rig.release("4.0", "");
     for i in 0..60 {
         rig.point(["2.0", "3.0", "4.0"][i % 3]);
     }
@@ -297,12 +276,7 @@ fn a_burst_of_edits_settles_on_the_last_with_at_most_one_extra_generation() {
 
 #[test]
 fn delete_then_recreate_is_seen() {
-    let mut rig = Rig::new("recreate");
-    rig.release("1.0", "");
-    rig.release("2.0", "");
-    rig.point("1.0");
-    rig.start(&[]);
-    rig.wait_live("1.0");
+    let (rig, _) = serving("recreate", "", "", &[]);
     std::fs::remove_file(&rig.conf).unwrap();
     rig.wait_log("was removed; still serving app.1.0");
     assert_eq!(rig.serving().unwrap().0, "1.0");
@@ -325,13 +299,8 @@ fn delete_then_recreate_is_seen() {
 
 #[test]
 fn in_place_edit_and_symlink_swap_are_seen() {
-    let mut rig = Rig::new("inplace");
-    for v in ["1.0", "2.0", "3.0"] {
-        rig.release(v, "");
-    }
-    rig.point("1.0");
-    rig.start(&[]);
-    rig.wait_live("1.0");
+    let (rig, _) = serving("inplace", "", "", &[]);
+    rig.release("3.0", "");
     std::fs::write(
         &rig.conf,
         r#"{"bin.file": "app.2.0", "cfg.file": "cfg.2.0"}"#,
@@ -354,9 +323,8 @@ fn in_place_edit_and_symlink_swap_are_seen() {
 fn home_and_relative_paths_resolve() {
     let mut rig = Rig::new("home");
     rig.release("1.0", "");
-    // HOME is ignored in favour of the passwd entry; use an absolute path
-    // under the rig for the "~/" case via a relative path instead, and an
-    // absolute path for the cfg.
+    // A relative path with `.` and `..` in it, and an absolute one. (`~/`
+    // is resolved from the passwd entry, covered by config's unit tests.)
     rig.write_conf(&format!(
         "{{\"bin.file\": \"./sub/../app.1.0\", \"cfg.file\": \"{}\"}}",
         rig.release_dir.join("cfg.1.0").display()
