@@ -2,9 +2,10 @@
 //!
 //! The file is JSON naming the live pair:
 //! `{"bin.file": "~/app/release/app.2.0", "cfg.file": "~/app/release/cfg.2.0"}`.
-//! A leading `~/` is the home of the user baton runs as; a relative path is
-//! relative to the directory holding current.conf. Every error names the file
-//! and the reason, and none of them is fatal: the caller keeps serving.
+//! Paths in it follow [`crate::paths::expand`]: `~/` is the home of the user
+//! baton runs as, a relative path is relative to the directory holding
+//! current.conf. Every error names the file and the reason, and none of them
+//! is fatal: the caller keeps serving.
 
 use std::ffi::OsStr;
 use std::fmt;
@@ -12,7 +13,7 @@ use std::fs::File;
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 /// current.conf is a few hundred bytes; anything past this is refused
 /// unread, so a runaway file cannot grow baton's memory.
@@ -192,7 +193,7 @@ pub fn parse(bytes: &[u8], base: &Path, home: Option<&Path>) -> Result<Parsed, S
                 Err(format!("\"{key}\" contains a NUL byte"))
             }
             Some(serde_json::Value::String(s)) => {
-                resolve(s, base, home).map_err(|e| format!("\"{key}\": {e}"))
+                crate::paths::expand(s, base, home).map_err(|e| format!("\"{key}\": {e}"))
             }
             Some(_) => Err(format!("\"{key}\" must be a string (a path)")),
         }
@@ -207,36 +208,6 @@ pub fn parse(bytes: &[u8], base: &Path, home: Option<&Path>) -> Result<Parsed, S
         .map(|k| format!("unknown key \"{}\" ignored", k.escape_debug()))
         .collect();
     Ok(Parsed { release, warnings })
-}
-
-/// `~/x` -> home/x; relative -> base/x; then `.` and `..` folded lexically.
-fn resolve(s: &str, base: &Path, home: Option<&Path>) -> Result<PathBuf, String> {
-    let joined = if s == "~" || s.starts_with("~/") {
-        let home = home.ok_or("no home directory to expand ~ in")?;
-        home.join(s.trim_start_matches('~').trim_start_matches('/'))
-    } else {
-        base.join(s)
-    };
-    Ok(normalize(&joined))
-}
-
-fn normalize(p: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for c in p.components() {
-        match c {
-            Component::CurDir => {}
-            Component::ParentDir => {
-                if !out.pop() {
-                    out.push("/");
-                }
-                if out.as_os_str().is_empty() {
-                    out.push("/");
-                }
-            }
-            other => out.push(other.as_os_str()),
-        }
-    }
-    out
 }
 
 /// The files a release names exist, are of the right kind, and are safe to

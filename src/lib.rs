@@ -12,28 +12,75 @@
 //!
 //! A rollout starts a new generation beside the serving one. Both accept on
 //! the same sockets; the kernel queues connections while neither does, so
-//! none is refused. When the new generation sends READY=1 (checked against
-//! the sender's credentials), baton points `app.bin`/`app.cfg` at it and
-//! sends SIGTERM to the old generation's process group; the old one drains
-//! and exits, or is killed after `--stop-timeout`. A release that fails to
-//! become ready is stopped and the old one serves on; a serving release that
-//! dies is restarted with backoff, or, if it dies within its probation, the
-//! last known good release is started instead.
+//! none is refused. When the new generation is ready (READY=1, checked
+//! against the sender's credentials), baton points `app.bin`/`app.cfg` at it
+//! and sends SIGTERM to the old generation's process group; the old one
+//! drains and exits, or is killed after `--stop-timeout`. A release that
+//! fails to become ready is stopped and the old one serves on; a serving
+//! release that dies is restarted with backoff, or, if it dies within its
+//! probation, the last known good release is started instead.
+//!
+//! ## The daemon
 //!
 //! Everything is one single-threaded loop ([`supervisor`]): signals arrive
 //! through a signalfd, file changes through inotify ([`watch`]),
 //! notifications through a datagram socket ([`notify`]), and deadlines are
-//! the poll timeout. The decisions are pure transitions in [`generation`];
-//! [`spawn`] holds the one fork/exec; [`systemd`] reports baton's own state.
-//! Idle, baton sleeps in `poll` with no timeout.
+//! the poll timeout. Idle, baton sleeps in `poll` with no timeout.
+//!
+//! - **Intake.** What baton inherits (sockets, NOTIFY_SOCKET, the rest of
+//!   the environment) is read once, before anything else, by [`inherit`];
+//!   the sockets are validated by [`sockets`]. No other module reads the
+//!   environment, and a generation never sees a variable meant for baton.
+//! - **Decisions** are pure transitions in [`core`], which is handed a
+//!   reading of both clocks ([`clock::Now`]) with each event and answers
+//!   with actions; whether a generation is ready is [`readiness`]'s to say.
+//!   What baton says about it all (STATUS=, the state file) is rendered by
+//!   [`report`] and sent by [`systemd`].
+//! - **Edits** are debounced: the first edit after a quiet spell acts at
+//!   once, edits closer together than 100 ms are a burst read once more
+//!   when the file has been quiet that long ([`supervisor::SETTLE`]).
+//!   current.conf is parsed and checked by [`config`].
+//! - **Starting a generation** is the one fork/exec, in [`spawn`]:
+//!   everything is allocated before the fork, the child makes only
+//!   async-signal-safe calls, and it reports a failed exec through a
+//!   close-on-exec pipe. The loop polls that pipe like any other event
+//!   (EOF: the exec worked), so baton never waits for a child.
+//! - **Reaping** happens in exactly one place, on SIGCHLD, until nothing is
+//!   left. A leader is first seen with WNOWAIT, so that while its zombie
+//!   still holds the process group id, the rest of its group is killed;
+//!   only then is it reaped. baton is a child subreaper, so orphaned
+//!   grandchildren are reaped too. Signals go through pidfds, so a recycled
+//!   pid is never hit.
+//!
+//! ## The operator side
+//!
+//! `baton status`, `switch`, `reload` and `releases` ([`ops`]) are separate
+//! processes that share no memory with the daemon and import neither the
+//! loop nor the state machine. They meet it in the file system: the state
+//! file it replaces atomically whenever something changes and the flock it
+//! holds while it runs ([`state`], laid out by [`paths`]), current.conf
+//! (which `switch` replaces atomically), and SIGHUP for `reload`. They wait
+//! with inotify on the app dir and a deadline, never by polling. They read
+//! `~/` in current.conf exactly as the daemon does ([`inherit::home`]).
+//!
+//! ## The rest
+//!
+//! [`cli`] parses the command line (spans through [`span`]); [`logging`]
+//! writes stderr in the journal's format when stderr is the journal.
 
 pub mod cli;
-pub mod client;
+pub mod clock;
 pub mod config;
-pub mod generation;
+pub mod core;
+pub mod inherit;
 pub mod logging;
 pub mod notify;
+pub mod ops;
+pub mod paths;
+pub mod readiness;
+pub mod report;
 pub mod sockets;
+pub mod span;
 pub mod spawn;
 pub mod state;
 pub mod supervisor;

@@ -24,7 +24,7 @@ pub fn init() {
             writeln!(
                 buf,
                 "{} baton[{}] {:<5} {}",
-                buf.timestamp_micros(),
+                crate::clock::rfc3339_micros(std::time::SystemTime::now()),
                 std::process::id(),
                 record.level(),
                 record.args()
@@ -37,14 +37,11 @@ pub fn init() {
 /// JOURNAL_STREAM is "DEV:INODE" of the journal's stream socket; it is
 /// inherited, so stderr must be checked to be that very socket.
 pub fn stderr_is_journal() -> bool {
-    let Some(v) = std::env::var_os("JOURNAL_STREAM") else {
-        return false;
-    };
-    let Some((dev, ino)) = v.to_str().and_then(|s| s.split_once(':')) else {
+    let Some((dev, ino)) = crate::inherit::journal_stream() else {
         return false;
     };
     let Ok(st) = nix::sys::stat::fstat(std::io::stderr().as_fd()) else {
         return false;
     };
-    dev.parse::<u64>() == Ok(st.st_dev) && ino.parse::<u64>() == Ok(st.st_ino)
+    dev == st.st_dev && ino == st.st_ino
 }

@@ -27,7 +27,7 @@ fn main() -> ExitCode {
             baton::logging::init();
             baton::supervisor::run(args).map(|()| 0)
         }
-        other => baton::client::main(other),
+        other => baton::ops::main(other),
     };
     match result {
         Ok(code) => ExitCode::from(code),

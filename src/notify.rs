@@ -50,20 +50,17 @@ pub enum Received {
 
 impl NotifySocket {
     /// Binds `notify.sock` in `$RUNTIME_DIRECTORY` (given by systemd), else in
-    /// a fresh private directory (mode 0700) under $XDG_RUNTIME_DIR or /tmp.
-    pub fn bind(runtime_dir: Option<&Path>) -> Result<NotifySocket> {
+    /// a fresh private directory (mode 0700) under `scratch` ($XDG_RUNTIME_DIR
+    /// or the temp dir; see [`crate::inherit`]).
+    pub fn bind(runtime_dir: Option<&Path>, scratch: &Path) -> Result<NotifySocket> {
         let (dir, private_dir) = match runtime_dir {
             Some(d) => {
                 restrict_dir(d);
                 (d.to_owned(), None)
             }
             None => {
-                let base = std::env::var_os("XDG_RUNTIME_DIR")
-                    .map(PathBuf::from)
-                    .filter(|p| p.is_dir())
-                    .unwrap_or_else(std::env::temp_dir);
-                let d = nix::unistd::mkdtemp(&base.join("baton.XXXXXX")).with_context(|| {
-                    format!("creating a private directory in {}", base.display())
+                let d = nix::unistd::mkdtemp(&scratch.join("baton.XXXXXX")).with_context(|| {
+                    format!("creating a private directory in {}", scratch.display())
                 })?;
                 (d.clone(), Some(d))
             }
@@ -259,7 +256,7 @@ mod tests {
     fn credentials_and_oversize() {
         let dir = std::env::temp_dir().join(format!("baton-notify-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let mut s = NotifySocket::bind(Some(&dir)).unwrap();
+        let mut s = NotifySocket::bind(Some(&dir), &dir).unwrap();
         assert_eq!(s.recv(), None);
         let c = UnixDatagram::unbound().unwrap();
         c.send_to(b"READY=1", s.path()).unwrap();
@@ -287,7 +284,7 @@ mod tests {
     fn the_most_fds_a_datagram_can_carry_are_all_closed() {
         let dir = std::env::temp_dir().join(format!("baton-notify-fds-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let mut s = NotifySocket::bind(Some(&dir)).unwrap();
+        let mut s = NotifySocket::bind(Some(&dir), &dir).unwrap();
         let c = UnixDatagram::unbound().unwrap();
         // Count fds on a file of this test's own, so that other tests
         // opening and closing fds meanwhile do not matter.

@@ -1,5 +1,5 @@
-//! The listening sockets: taken from systemd (LISTEN_FDS) or bound for
-//! `--listen`. baton holds them open for its whole life and never accepts on
+//! The listening sockets: taken from systemd (LISTEN_FDS, read by
+//! [`crate::inherit`]) or bound for `--listen`. baton holds them open for its whole life and never accepts on
 //! them, so a connection that arrives while no generation accepts waits in
 //! the kernel's queue instead of being refused.
 
@@ -52,44 +52,18 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    /// Takes the sockets systemd passed (LISTEN_FDS with LISTEN_PID checked by
-    /// listenfd), and clears LISTEN_* from baton's environment.
-    ///
-    /// Must run before any thread exists: it changes the environment.
-    pub fn inherit() -> Result<Option<Listeners>> {
-        let names = std::env::var("LISTEN_FDNAMES").ok();
-        let for_pid = std::env::var("LISTEN_PID").ok();
-        let mut taken = listenfd::ListenFd::from_env();
-        // SAFETY: called from main before any thread is spawned (see
-        // supervisor::run), so nothing can read the environment concurrently.
-        unsafe {
-            std::env::remove_var("LISTEN_FDNAMES");
-            std::env::remove_var("LISTEN_FDS_FIRST_FD");
+    /// Takes the sockets systemd passed ([`crate::inherit`]), each checked
+    /// to be a socket and marked close-on-exec.
+    pub fn adopt(raw: &[RawFd], names: Option<String>) -> Result<Listeners> {
+        let mut fds = Vec::with_capacity(raw.len());
+        for &fd in raw {
+            fds.push(validate(fd)?);
         }
-        if taken.len() == 0 {
-            if let Some(pid) =
-                for_pid.filter(|p| !p.is_empty() && *p != std::process::id().to_string())
-            {
-                log::warn!(
-                    "LISTEN_FDS is meant for pid {pid}, not baton ({}): ignored",
-                    std::process::id()
-                );
-            }
-            return Ok(None);
-        }
-        let mut fds = Vec::with_capacity(taken.len());
-        for i in 0..taken.len() {
-            let raw = taken
-                .take_raw_fd(i)
-                .with_context(|| format!("taking inherited fd {}", 3 + i))?
-                .with_context(|| format!("inherited fd {} is missing", 3 + i))?;
-            fds.push(validate(raw)?);
-        }
-        Ok(Some(Listeners {
+        Ok(Listeners {
             fds,
             names,
             created_paths: Vec::new(),
-        }))
+        })
     }
 
     /// Binds each `--listen` address.
@@ -159,8 +133,8 @@ impl Drop for Listeners {
 /// An inherited fd must be a socket; it is marked CLOEXEC so that it reaches
 /// a generation only where the spawner places it.
 fn validate(raw: RawFd) -> Result<OwnedFd> {
-    // SAFETY: listenfd handed over ownership of `raw` (take_raw_fd) and
-    // nothing else in baton owns it; if it is not open, fstat says so and
+    // SAFETY: `raw` was passed to baton by systemd and handed over by
+    // listenfd (take_raw_fd); nothing else in baton owns it; if it is not open, fstat says so and
     // the OwnedFd's close fails harmlessly.
     let fd = unsafe { OwnedFd::from_raw_fd(raw) };
     let st = fstat(&fd).with_context(|| format!("inherited fd {raw} is not open"))?;

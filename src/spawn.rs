@@ -20,6 +20,7 @@ use nix::libc;
 use nix::unistd::Pid;
 
 use crate::config::Release;
+use crate::inherit::FOR_BATON_ONLY;
 
 /// What a generation's process is given besides its release.
 pub struct Spec<'a> {
@@ -30,7 +31,7 @@ pub struct Spec<'a> {
     pub fdnames: Option<&'a str>,
     /// baton's own notify socket, given to the child as NOTIFY_SOCKET.
     pub notify_socket: &'a Path,
-    /// The environment baton was started with, less the systemd variables.
+    /// The environment baton was started with ([`crate::inherit`]).
     pub env: &'a [(OsString, OsString)],
     /// Working directory (the app dir).
     pub cwd: &'a Path,
@@ -105,6 +106,34 @@ const LISTEN_PID_PREFIX: &[u8] = b"LISTEN_PID=";
 /// Room for the digits of any pid, plus the NUL.
 const PID_DIGITS: usize = 20;
 
+/// The generation's environment, less LISTEN_PID (written by the child):
+/// what baton inherited, minus every variable meant for baton alone
+/// ([`FOR_BATON_ONLY`]: an inherited NOTIFY_SOCKET or LISTEN_FDS is dropped,
+/// never merely shadowed), then the generation's own LISTEN_FDS,
+/// LISTEN_FDNAMES and NOTIFY_SOCKET.
+fn environment(spec: &Spec) -> Result<Vec<CString>, SpawnError> {
+    let mut env = Vec::with_capacity(spec.env.len() + 3);
+    for (k, v) in spec.env {
+        if FOR_BATON_ONLY.iter().any(|n| k.as_bytes() == n.as_bytes()) {
+            continue;
+        }
+        let mut kv = k.as_bytes().to_vec();
+        kv.push(b'=');
+        kv.extend_from_slice(v.as_bytes());
+        env.push(cstring(&kv)?);
+    }
+    env.push(cstring(
+        format!("LISTEN_FDS={}", spec.listeners.len()).as_bytes(),
+    )?);
+    if let Some(names) = spec.fdnames {
+        env.push(cstring(format!("LISTEN_FDNAMES={names}").as_bytes())?);
+    }
+    let mut notify = b"NOTIFY_SOCKET=".to_vec();
+    notify.extend_from_slice(spec.notify_socket.as_os_str().as_bytes());
+    env.push(cstring(&notify)?);
+    Ok(env)
+}
+
 pub fn spawn(spec: &Spec) -> Result<Child, SpawnError> {
     // ---- everything the child needs, allocated before the fork ----
     let path = cstring(spec.release.bin.as_os_str().as_bytes())?;
@@ -116,22 +145,7 @@ pub fn spawn(spec: &Spec) -> Result<Child, SpawnError> {
     let mut argv: Vec<*const libc::c_char> = argv_owned.iter().map(|c| c.as_ptr()).collect();
     argv.push(std::ptr::null());
 
-    let mut env_owned: Vec<CString> = Vec::with_capacity(spec.env.len() + 4);
-    for (k, v) in spec.env {
-        let mut kv = k.as_bytes().to_vec();
-        kv.push(b'=');
-        kv.extend_from_slice(v.as_bytes());
-        env_owned.push(cstring(&kv)?);
-    }
-    env_owned.push(cstring(
-        format!("LISTEN_FDS={}", spec.listeners.len()).as_bytes(),
-    )?);
-    if let Some(names) = spec.fdnames {
-        env_owned.push(cstring(format!("LISTEN_FDNAMES={names}").as_bytes())?);
-    }
-    let mut notify = b"NOTIFY_SOCKET=".to_vec();
-    notify.extend_from_slice(spec.notify_socket.as_os_str().as_bytes());
-    env_owned.push(cstring(&notify)?);
+    let env_owned = environment(spec)?;
     // LISTEN_PID=: the child writes its pid's digits here, then a NUL.
     let mut listen_pid = vec![0u8; LISTEN_PID_PREFIX.len() + PID_DIGITS + 1];
     listen_pid[..LISTEN_PID_PREFIX.len()].copy_from_slice(LISTEN_PID_PREFIX);
@@ -511,6 +525,48 @@ mod tests {
                 "the recycled pid {pid} was signalled through the stale child (own group: {own_group})"
             );
         }
+    }
+
+    #[test]
+    fn a_generation_never_inherits_variables_meant_for_baton() {
+        let release = Release {
+            bin: "/r/app.1.0".into(),
+            cfg: "/r/cfg.1.0".into(),
+        };
+        let env: Vec<(OsString, OsString)> = [
+            ("PATH", "/usr/bin"),
+            ("NOTIFY_SOCKET", "/run/systemd/notify"),
+            ("LISTEN_FDS", "9"),
+            ("LISTEN_PID", "1"),
+            ("LISTEN_FDNAMES", "other"),
+            ("WATCHDOG_USEC", "1000"),
+            ("LANG", "C.UTF-8"),
+        ]
+        .iter()
+        .map(|(k, v)| (OsString::from(k), OsString::from(v)))
+        .collect();
+        let spec = Spec {
+            release: &release,
+            listeners: &[3, 4],
+            fdnames: None,
+            notify_socket: Path::new("/run/app/notify.sock"),
+            env: &env,
+            cwd: Path::new("/"),
+        };
+        let got: Vec<String> = environment(&spec)
+            .unwrap()
+            .into_iter()
+            .map(|c| c.into_string().unwrap())
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "PATH=/usr/bin",
+                "LANG=C.UTF-8",
+                "LISTEN_FDS=2",
+                "NOTIFY_SOCKET=/run/app/notify.sock"
+            ]
+        );
     }
 
     #[test]

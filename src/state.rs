@@ -1,25 +1,94 @@
-//! baton's state file: what serves, every generation, the last rollout.
+//! baton's state file: the schema the daemon writes and the operator
+//! commands read, and how it is written and locked.
 //!
 //! Written atomically (temporary file + rename) to `<app-dir>/baton.state`
 //! whenever it changes, never on a timer. `baton status`, `baton reload` and
 //! `baton switch --wait` read it; they tell whether baton runs from
 //! `<app-dir>/baton.lock`, which a running baton holds an exclusive flock on
 //! (a stale pid cannot fool that, and a second baton on the same app dir is
-//! refused).
+//! refused). This module depends on nothing else of baton's: the daemon
+//! fills it in ([`crate::report`]), the commands ([`crate::ops`]) read it.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
 
 use anyhow::{Context, Result, bail};
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
-use crate::config::Release;
-use crate::generation::{Fleet, Outcome, Trigger};
+use crate::paths::{LOCK_FILE, STATE_FILE};
 
-pub const STATE_FILE: &str = "baton.state";
-pub const LOCK_FILE: &str = "baton.lock";
+/// Why a generation was started, or a rollout begun.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Trigger {
+    /// The first release baton runs.
+    Startup,
+    /// current.conf changed.
+    Edit,
+    /// SIGHUP (`systemctl reload`, `baton reload`).
+    Reload,
+    /// The serving generation died; the same release again.
+    Restart,
+    /// The new release died in probation; the last known good one again.
+    Rollback,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Startup => "startup",
+            Trigger::Edit => "edit",
+            Trigger::Reload => "reload",
+            Trigger::Restart => "restart",
+            Trigger::Rollback => "rollback",
+        }
+    }
+}
+
+/// Where a generation is in its life (see [`crate::core::lifecycle`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GenState {
+    Starting,
+    Soaking,
+    Live,
+    Stopping,
+    Killed,
+}
+
+impl GenState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GenState::Starting => "starting",
+            GenState::Soaking => "soaking",
+            GenState::Live => "live",
+            GenState::Stopping => "stopping",
+            GenState::Killed => "killed",
+        }
+    }
+}
+
+/// How a rollout ended (or that it has not yet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RolloutResult {
+    InProgress,
+    Succeeded,
+    Failed,
+    Superseded,
+}
+
+impl RolloutResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RolloutResult::InProgress => "in-progress",
+            RolloutResult::Succeeded => "succeeded",
+            RolloutResult::Failed => "failed",
+            RolloutResult::Superseded => "superseded",
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReleaseInfo {

@@ -1,13 +1,14 @@
 //! What baton tells its own service manager: READY, STATUS, RELOADING,
 //! STOPPING, WATCHDOG (sd_notify(3)).
 //!
-//! NOTIFY_SOCKET and WATCHDOG_* are read once at start and removed from the
-//! environment, so no generation can talk to systemd as baton (with
-//! NotifyAccess=main systemd would refuse it anyway). Messages are formatted
-//! by the sd-notify crate's `NotifyState`; the socket is kept here, since the
-//! crate only sends to the address in the (cleared) environment.
+//! NOTIFY_SOCKET and WATCHDOG_* come from [`crate::inherit`], which has
+//! removed them from the environment, so no generation can talk to systemd
+//! as baton (with NotifyAccess=main systemd would refuse it anyway).
+//! Messages are formatted by the sd-notify crate's `NotifyState`; the
+//! socket is kept here, since the crate only sends to the address in the
+//! (cleared) environment.
 
-use std::ffi::OsString;
+use std::ffi::OsStr;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
@@ -22,18 +23,10 @@ pub struct Systemd {
 }
 
 impl Systemd {
-    /// Takes NOTIFY_SOCKET, WATCHDOG_USEC and WATCHDOG_PID from the
-    /// environment and clears them. Must run before any thread exists.
-    pub fn from_env() -> Systemd {
-        let watchdog = sd_notify::watchdog_enabled();
-        let socket = std::env::var_os("NOTIFY_SOCKET");
-        // SAFETY: called from main before any thread is spawned.
-        unsafe {
-            std::env::remove_var("NOTIFY_SOCKET");
-            std::env::remove_var("WATCHDOG_USEC");
-            std::env::remove_var("WATCHDOG_PID");
-        }
-        let target = socket.and_then(|s| match connect(&s) {
+    /// Reports to `notify_socket` (NOTIFY_SOCKET), if baton was given one;
+    /// `watchdog` is WATCHDOG_USEC.
+    pub fn connect(notify_socket: Option<&OsStr>, watchdog: Option<Duration>) -> Systemd {
+        let target = notify_socket.and_then(|s| match connect(s) {
             Ok(t) => Some(t),
             Err(e) => {
                 log::warn!(
@@ -100,7 +93,7 @@ impl Systemd {
 }
 
 /// `/run/systemd/notify` or `@abstract`.
-fn connect(s: &OsString) -> std::io::Result<(UnixDatagram, SocketAddr)> {
+fn connect(s: &OsStr) -> std::io::Result<(UnixDatagram, SocketAddr)> {
     let bytes = s.as_bytes();
     let addr = match bytes.first() {
         Some(b'@') => SocketAddr::from_abstract_name(&bytes[1..])?,

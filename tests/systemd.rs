@@ -354,7 +354,7 @@ fn reload_starts_a_fresh_generation_blocks_until_it_serves_and_drops_nothing() {
         new.generation > old.generation,
         "a fresh generation serves: {new:?} (was {old:?})"
     );
-    assert_eq!(new.trigger, "reload");
+    assert_eq!(new.trigger.as_str(), "reload");
     assert_eq!(new.release.name, "app.1.0");
     let r = s.last_rollout.clone().unwrap();
     assert_eq!(
@@ -858,10 +858,10 @@ fn baton_releases_lists_releases_and_marks_the_serving_one() {
     wait_for("the rollout of 3.0 to fail", LONG, || {
         let s = m.state("app").unwrap();
         let r = s.last_rollout.unwrap();
-        if r.result == "failed" {
+        if r.result.as_str() == "failed" {
             Ok(())
         } else {
-            Err(r.result)
+            Err(r.result.as_str())
         }
     });
     let s = m.state("app").unwrap();

@@ -1,0 +1,123 @@
+//! One generation's life, as an enum whose variants carry their own
+//! deadlines, and the actions the state machine asks the loop to carry out.
+//!
+//! ```text
+//!   Starting --ready--> (Soaking --soak over-->) Live --newer one live--> Stopping --> Killed
+//!      |  exited / ready-timeout                    | died: restart (backoff) or roll back
+//!      +-> rollout failed, old one keeps serving    v
+//! ```
+
+use std::time::{Instant, SystemTime};
+
+use crate::config::Release;
+use crate::state::{GenState, Trigger};
+
+pub type GenId = u64;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Phase {
+    /// Spawned; waiting for readiness until `deadline` (`--ready-timeout`).
+    Starting { deadline: Instant },
+    /// Ready, serving beside the live generation until `until` (`--soak`).
+    Soaking { until: Instant },
+    /// The generation that serves.
+    Live {
+        since: Instant,
+        /// On probation until then (`--probation`): dying before it rolls
+        /// back to the last known good release. None once it is over.
+        probation_until: Option<Instant>,
+        /// Counts as healthy from then: the restart backoff resets. None
+        /// once it has.
+        healthy_at: Option<Instant>,
+    },
+    /// Sent SIGTERM, draining; SIGKILL at `kill_at` (`--stop-timeout`).
+    Stopping { kill_at: Instant },
+    /// Sent SIGKILL; waiting to be reaped.
+    Killed,
+}
+
+impl Phase {
+    pub fn state(&self) -> GenState {
+        match self {
+            Phase::Starting { .. } => GenState::Starting,
+            Phase::Soaking { .. } => GenState::Soaking,
+            Phase::Live { .. } => GenState::Live,
+            Phase::Stopping { .. } => GenState::Stopping,
+            Phase::Killed => GenState::Killed,
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.state().as_str()
+    }
+
+    /// The next instant at which this phase has something to do.
+    pub fn deadline(&self) -> Option<Instant> {
+        match *self {
+            Phase::Starting { deadline } => Some(deadline),
+            Phase::Soaking { until } => Some(until),
+            Phase::Live {
+                probation_until,
+                healthy_at,
+                ..
+            } => probation_until.into_iter().chain(healthy_at).min(),
+            Phase::Stopping { kill_at } => Some(kill_at),
+            Phase::Killed => None,
+        }
+    }
+
+    /// Sent SIGTERM or SIGKILL already.
+    pub fn is_retiring(&self) -> bool {
+        matches!(self, Phase::Stopping { .. } | Phase::Killed)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Generation {
+    pub id: GenId,
+    pub release: Release,
+    pub trigger: Trigger,
+    /// Set once the process exists (right after the Spawn action).
+    pub pid: Option<i32>,
+    pub started: Instant,
+    pub started_wall: SystemTime,
+    pub phase: Phase,
+    /// The app's own STATUS=, relayed into baton's.
+    pub app_status: Option<String>,
+}
+
+impl Generation {
+    /// `generation 3 (app.2.0, pid 4487)`, for logs.
+    pub fn describe(&self) -> String {
+        match self.pid {
+            Some(pid) => format!("generation {} ({}, pid {pid})", self.id, self.release),
+            None => format!("generation {} ({})", self.id, self.release),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sig {
+    Term,
+    Kill,
+}
+
+/// What the supervisor loop must do, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Start `release` as generation `id`; report back with `spawned` or
+    /// `spawn_failed`.
+    Spawn { id: GenId, release: Release },
+    /// Signal the generation's process group.
+    Signal { id: GenId, sig: Sig },
+    /// Generation `id` is now live: point the links at its release.
+    Promote { id: GenId },
+    /// READY=1 to systemd (first generation live, or a reload finished).
+    SystemdReady,
+    /// RELOADING=1 to systemd (a SIGHUP rollout began).
+    SystemdReloading,
+    /// STOPPING=1 to systemd.
+    SystemdStopping,
+    /// Every generation is gone after a shutdown: exit 0.
+    Exit,
+}

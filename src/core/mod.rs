@@ -1,0 +1,550 @@
+//! The state machine: every generation baton has started and not yet
+//! reaped, and the decisions about them, as pure transitions.
+//!
+//! [`Core`] turns events (current.conf names a release, a generation is
+//! ready, a process exited, a deadline passed) into [`Action`]s for the
+//! supervisor loop to carry out. It never touches a process, a file or a
+//! clock of its own: each event comes with a [`Now`], so its unit tests
+//! drive it with made-up pids and instants. Its state is split by concern:
+//!
+//! - [`lifecycle`]: each generation's phase, with its deadlines inside;
+//! - [`recovery`]: what to start when nothing serves, backoff, the last
+//!   known good release;
+//! - [`history`]: the last rollout, the last rollback, the STATUS= note.
+//!
+//! Whether a generation is ready is [`crate::readiness`]'s to say; what baton
+//! prints about all this is [`crate::report`]'s.
+
+mod failures;
+pub mod history;
+pub mod lifecycle;
+pub mod recovery;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use log::{debug, error, info, warn};
+
+use crate::clock::Now;
+use crate::config::Release;
+use crate::readiness::{self, Evidence};
+use crate::span::format_span;
+use crate::state::Trigger;
+
+use history::{History, Note, Outcome, RolloutRecord};
+pub use lifecycle::{Action, GenId, Generation, Phase, Sig};
+use recovery::{MIN_HEALTHY, Recovery};
+
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    pub ready_timeout: Duration,
+    pub stop_timeout: Duration,
+    pub soak: Duration,
+    pub probation: Duration,
+    pub ready: readiness::Mode,
+}
+
+/// What baton has told systemd about itself, so each message goes once.
+#[derive(Debug, Default)]
+struct Told {
+    /// READY=1 (the first generation went live).
+    ready: bool,
+    /// RELOADING=1, not yet answered by READY=1.
+    reloading: bool,
+}
+
+#[derive(Debug)]
+pub struct Core {
+    settings: Settings,
+    gens: BTreeMap<GenId, Generation>,
+    next_id: GenId,
+    live: Option<GenId>,
+    /// Starting or soaking: the generation that will replace the live one.
+    candidate: Option<GenId>,
+    recovery: Recovery,
+    history: History,
+    told: Told,
+    shutting_down: bool,
+    actions: Vec<Action>,
+}
+
+impl Core {
+    pub fn new(settings: Settings) -> Core {
+        Core {
+            settings,
+            gens: BTreeMap::new(),
+            next_id: 1,
+            live: None,
+            candidate: None,
+            recovery: Recovery::default(),
+            history: History::default(),
+            told: Told::default(),
+            shutting_down: false,
+            actions: Vec::new(),
+        }
+    }
+
+    // ---- read access (report, state file, notify routing) ----
+
+    pub fn generations(&self) -> impl Iterator<Item = &Generation> {
+        self.gens.values()
+    }
+    pub fn get(&self, id: GenId) -> Option<&Generation> {
+        self.gens.get(&id)
+    }
+    pub fn live(&self) -> Option<&Generation> {
+        self.live.and_then(|id| self.gens.get(&id))
+    }
+    pub fn candidate(&self) -> Option<&Generation> {
+        self.candidate.and_then(|id| self.gens.get(&id))
+    }
+    pub fn last_good(&self) -> Option<&Release> {
+        self.recovery.last_good()
+    }
+    pub fn last_rollout(&self) -> Option<&RolloutRecord> {
+        self.history.last_rollout()
+    }
+    pub fn last_rollback(&self) -> Option<&history::Rollback> {
+        self.history.last_rollback()
+    }
+    pub fn note(&self) -> Option<&Note> {
+        self.history.note.as_ref()
+    }
+    pub fn restarts(&self) -> u64 {
+        self.recovery.restarts()
+    }
+    /// The release waiting out its backoff before a restart, if any.
+    pub fn pending_restart(&self) -> Option<&Release> {
+        self.recovery
+            .restart_at()
+            .filter(|_| self.candidate.is_none())
+            .and(self.recovery.fallback())
+            .map(|(r, _)| r)
+    }
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down
+    }
+    pub fn is_empty(&self) -> bool {
+        self.gens.is_empty()
+    }
+    /// The generation whose leader has this pid.
+    pub fn by_pid(&self, pid: i32) -> Option<GenId> {
+        self.gens
+            .values()
+            .find(|g| g.pid == Some(pid))
+            .map(|g| g.id)
+    }
+
+    pub fn take_actions(&mut self) -> Vec<Action> {
+        std::mem::take(&mut self.actions)
+    }
+
+    /// The earliest instant at which `tick` has something to do.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.gens
+            .values()
+            .filter_map(|g| g.phase.deadline())
+            .chain(self.recovery.restart_at())
+            .min()
+    }
+
+    // ---- events ----
+
+    /// The release that served when baton last ran (its links): what to
+    /// fall back to if current.conf cannot be rolled out at startup.
+    pub fn remember_last_live(&mut self, release: Release) {
+        self.recovery.fall_back_to(release, Trigger::Rollback);
+    }
+
+    /// Nothing serves (current.conf was unusable at startup): start the
+    /// fallback release, if there is one.
+    pub fn serve_fallback(&mut self, now: Now) {
+        if self.live.is_none() && self.candidate.is_none() {
+            if let Some((r, _)) = self.recovery.fallback() {
+                warn!(
+                    "starting {r}, the release that served last (app.bin/app.cfg), until current.conf names one that works"
+                );
+            }
+            self.schedule_recovery(now);
+        }
+    }
+
+    /// current.conf names `release` (or SIGHUP asked for a fresh one).
+    pub fn want(&mut self, release: Release, trigger: Trigger, now: Now) {
+        if self.shutting_down {
+            return;
+        }
+        let force = trigger == Trigger::Reload;
+        if force {
+            self.begin_reload();
+        }
+        let in_flight = self.candidate().map(|g| g.release.clone());
+        let serving = self.live().map(|g| g.release.clone());
+        if !force {
+            if in_flight.as_ref() == Some(&release) {
+                debug!("{release} is already rolling out");
+                return;
+            }
+            if serving.as_ref() == Some(&release) {
+                if let Some(c) = self.candidate {
+                    info!(
+                        "current.conf names the serving release {release} again; abandoning the rollout of {}",
+                        in_flight.as_ref().map(Release::name).unwrap_or_default()
+                    );
+                    self.stop(c, now.mono);
+                    self.candidate = None;
+                    self.finish(Outcome::Superseded, now);
+                } else {
+                    debug!("{release} is already serving");
+                }
+                self.history.clear_failure();
+                self.history
+                    .settle_on(release, self.live, trigger, now.wall);
+                return;
+            }
+        }
+        if let Some(c) = self.candidate.take() {
+            let old = self.gens[&c].describe();
+            info!("{old} is superseded by a newer current.conf; stopping it");
+            self.stop(c, now.mono);
+            self.finish(Outcome::Superseded, now);
+        }
+        self.recovery.fall_back_to_if_unset(&release);
+        self.recovery.cancel_restart();
+        self.history
+            .begin(Some(release.clone()), Some(self.next_id), trigger, now.wall);
+        let verb = match (trigger, &serving) {
+            (Trigger::Reload, _) => "reloading: starting a fresh generation of",
+            (_, None) => "starting",
+            (_, Some(_)) => "rolling out",
+        };
+        info!(
+            "{verb} {release} (bin {}, cfg {})",
+            release.bin.display(),
+            release.cfg.display()
+        );
+        self.start(release, trigger, now);
+    }
+
+    /// current.conf could not be read or is not a release baton may run.
+    pub fn conf_invalid(&mut self, reason: String, trigger: Trigger, now: Now) {
+        if self.shutting_down {
+            return;
+        }
+        if trigger == Trigger::Reload {
+            self.begin_reload();
+        }
+        self.history.begin(None, None, trigger, now.wall);
+        self.history.note = Some(Note::Failure(format!("cannot roll out {reason}")));
+        self.finish(Outcome::Failed(reason), now);
+    }
+
+    /// The Spawn action for `id` started process `pid`.
+    pub fn spawned(&mut self, id: GenId, pid: i32) {
+        if let Some(g) = self.gens.get_mut(&id) {
+            g.pid = Some(pid);
+            info!(
+                "started {} as `{} -c {}`",
+                g.describe(),
+                g.release.bin.display(),
+                g.release.cfg.display()
+            );
+        }
+    }
+
+    /// The Spawn action for `id` failed: no process exists.
+    pub fn spawn_failed(&mut self, id: GenId, reason: String, now: Now) {
+        if self.gens.remove(&id).is_some() && self.candidate == Some(id) {
+            self.fail_candidate(id, format!("cannot start: {reason}"), now);
+        }
+    }
+
+    /// Generation `id` showed `evidence` of being ready.
+    pub fn ready(&mut self, id: GenId, evidence: Evidence, now: Now) {
+        let Some(g) = self.gens.get_mut(&id) else {
+            return;
+        };
+        if !self.settings.ready.accepts(evidence) {
+            debug!(
+                "{} sent {evidence:?}, which its readiness mode ignores",
+                g.describe()
+            );
+            return;
+        }
+        if !matches!(g.phase, Phase::Starting { .. }) {
+            debug!(
+                "{} sent READY=1 again while {}",
+                g.describe(),
+                g.phase.name()
+            );
+            return;
+        }
+        let elapsed = now.mono.saturating_duration_since(g.started);
+        if self.settings.soak > Duration::ZERO && self.live.is_some() {
+            g.phase = Phase::Soaking {
+                until: now.mono + self.settings.soak,
+            };
+            info!(
+                "{} is ready after {}; soaking for {} beside the serving generation",
+                g.describe(),
+                format_span(elapsed),
+                format_span(self.settings.soak)
+            );
+        } else {
+            info!("{} is ready after {}", g.describe(), format_span(elapsed));
+            self.promote(id, now);
+        }
+    }
+
+    /// STATUS= from generation `id`.
+    pub fn app_status(&mut self, id: GenId, text: String) {
+        if let Some(g) = self.gens.get_mut(&id) {
+            g.app_status = Some(text);
+        }
+    }
+
+    /// Generation `id`'s leader exited (reaped); `how` says how.
+    pub fn exited(&mut self, id: GenId, how: &str, now: Now) {
+        let Some(g) = self.gens.remove(&id) else {
+            return;
+        };
+        if self.candidate == Some(id) {
+            match g.phase {
+                Phase::Soaking { .. } => {
+                    self.candidate = None;
+                    let reason = format!(
+                        "generation {} died during its {} soak ({how})",
+                        g.id,
+                        format_span(self.settings.soak)
+                    );
+                    error!(
+                        "rollout of {} failed: {reason}; the old generation carries on",
+                        g.release
+                    );
+                    self.history.note = Some(Note::Failure(format!(
+                        "rollout of {} failed: {reason}",
+                        g.release
+                    )));
+                    self.finish(Outcome::Failed(reason), now);
+                }
+                _ => self.fail_candidate(id, format!("exited before READY=1 ({how})"), now),
+            }
+        } else if self.live == Some(id) {
+            self.live = None;
+            self.live_died(g, how, now);
+        } else if let Some(pid) = g.pid {
+            info!(
+                "generation {} ({}, pid {pid}) exited ({how})",
+                g.id, g.release
+            );
+        }
+        if self.shutting_down && self.gens.is_empty() {
+            self.actions.push(Action::Exit);
+        }
+    }
+
+    /// Deadlines: ready timeouts, soaks, SIGKILL after stop-timeout,
+    /// probation, the backoff reset, restart backoff.
+    pub fn tick(&mut self, now: Now) {
+        let due: Vec<(GenId, Phase)> = self
+            .gens
+            .values()
+            .filter(|g| match g.phase {
+                Phase::Starting { deadline } => deadline <= now.mono,
+                Phase::Soaking { until } => until <= now.mono,
+                Phase::Stopping { kill_at } => kill_at <= now.mono,
+                _ => false,
+            })
+            .map(|g| (g.id, g.phase.clone()))
+            .collect();
+        for (id, phase) in due {
+            match phase {
+                Phase::Starting { .. } => {
+                    let reason = format!(
+                        "not ready within --ready-timeout {}",
+                        format_span(self.settings.ready_timeout)
+                    );
+                    self.stop(id, now.mono);
+                    self.fail_candidate(id, reason, now);
+                }
+                Phase::Soaking { .. } => {
+                    info!("{} survived its soak", self.gens[&id].describe());
+                    self.promote(id, now);
+                }
+                Phase::Stopping { .. } => {
+                    let g = self.gens.get_mut(&id).expect("due generation exists");
+                    warn!(
+                        "{} did not exit within --stop-timeout {}; sending SIGKILL",
+                        g.describe(),
+                        format_span(self.settings.stop_timeout)
+                    );
+                    g.phase = Phase::Killed;
+                    self.actions.push(Action::Signal { id, sig: Sig::Kill });
+                }
+                _ => {}
+            }
+        }
+        let (mut proved, mut healthy) = (false, false);
+        if let Some(Phase::Live {
+            probation_until,
+            healthy_at,
+            ..
+        }) = self
+            .live
+            .and_then(|id| self.gens.get_mut(&id))
+            .map(|g| &mut g.phase)
+        {
+            if probation_until.is_some_and(|t| t <= now.mono) {
+                *probation_until = None;
+                proved = true;
+            }
+            if healthy_at.is_some_and(|t| t <= now.mono) {
+                *healthy_at = None;
+                healthy = true;
+            }
+        }
+        if proved {
+            self.mark_good();
+        }
+        if healthy {
+            self.recovery.healthy();
+        }
+        if self.recovery.restart_due(now.mono) {
+            self.recover(now);
+        }
+    }
+
+    /// SIGTERM or SIGINT to baton: retire everything, then exit.
+    pub fn shutdown(&mut self, now: Now) {
+        if self.shutting_down {
+            return;
+        }
+        self.shutting_down = true;
+        self.recovery.cancel_restart();
+        self.actions.push(Action::SystemdStopping);
+        let running: Vec<GenId> = self
+            .gens
+            .values()
+            .filter(|g| !g.phase.is_retiring())
+            .map(|g| g.id)
+            .collect();
+        info!(
+            "stopping: sending SIGTERM to {} generation(s)",
+            running.len()
+        );
+        for id in running {
+            self.stop(id, now.mono);
+        }
+        if self.candidate.take().is_some() {
+            self.finish(Outcome::Superseded, now);
+        }
+        self.live = None;
+        if self.gens.is_empty() {
+            self.actions.push(Action::Exit);
+        }
+    }
+
+    // ---- internals ----
+
+    fn begin_reload(&mut self) {
+        if !self.told.reloading {
+            self.told.reloading = true;
+            self.actions.push(Action::SystemdReloading);
+        }
+    }
+
+    fn start(&mut self, release: Release, trigger: Trigger, now: Now) {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.gens.insert(
+            id,
+            Generation {
+                id,
+                release: release.clone(),
+                trigger,
+                pid: None,
+                started: now.mono,
+                started_wall: now.wall,
+                phase: Phase::Starting {
+                    deadline: now.mono + self.settings.ready_timeout,
+                },
+                app_status: None,
+            },
+        );
+        self.candidate = Some(id);
+        self.actions.push(Action::Spawn { id, release });
+    }
+
+    fn stop(&mut self, id: GenId, now: Instant) {
+        if let Some(g) = self.gens.get_mut(&id)
+            && !g.phase.is_retiring()
+        {
+            g.phase = Phase::Stopping {
+                kill_at: now + self.settings.stop_timeout,
+            };
+            self.actions.push(Action::Signal { id, sig: Sig::Term });
+        }
+    }
+
+    fn promote(&mut self, id: GenId, now: Now) {
+        let old = self.live.replace(id);
+        self.candidate = None;
+        let probation = self.settings.probation;
+        let g = self.gens.get_mut(&id).expect("promoted generation exists");
+        g.phase = Phase::Live {
+            since: now.mono,
+            probation_until: (!probation.is_zero()).then(|| now.mono + probation),
+            healthy_at: Some(now.mono + probation.max(MIN_HEALTHY)),
+        };
+        let (release, trigger) = (g.release.clone(), g.trigger);
+        self.actions.push(Action::Promote { id });
+        if let Some(old) = old {
+            info!(
+                "{} is live; retiring {}",
+                self.gens[&id].describe(),
+                self.gens[&old].describe()
+            );
+            self.stop(old, now.mono);
+        } else {
+            info!("{} is live", self.gens[&id].describe());
+        }
+        self.recovery.fall_back_to(release, Trigger::Restart);
+        self.recovery.cancel_restart();
+        if probation.is_zero() {
+            self.mark_good();
+        }
+        if matches!(trigger, Trigger::Startup | Trigger::Edit | Trigger::Reload) {
+            if self.history.rollout_of(id).is_some() {
+                self.history.note = None;
+                self.finish(Outcome::Succeeded, now);
+            }
+        } else if trigger == Trigger::Restart {
+            self.history.clear_failure();
+        }
+        if !self.told.ready {
+            self.told.ready = true;
+            self.actions.push(Action::SystemdReady);
+        }
+    }
+
+    fn mark_good(&mut self) {
+        let Some(g) = self.live() else { return };
+        let release = g.release.clone();
+        if self.recovery.proved(release.clone()) {
+            info!(
+                "{release} stayed up for --probation {}; it is the last known good release",
+                format_span(self.settings.probation)
+            );
+        }
+    }
+
+    fn finish(&mut self, outcome: Outcome, now: Now) {
+        self.history.finish(outcome, now.wall);
+        if self.told.reloading {
+            self.told.reloading = false;
+            self.actions.push(Action::SystemdReady);
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! What baton inherits from whoever started it, read in one place.
+//!
+//! systemd hands baton its sockets and a few variables meant for baton
+//! alone: LISTEN_FDS/LISTEN_PID/LISTEN_FDNAMES (the sockets), NOTIFY_SOCKET
+//! and WATCHDOG_* (where to report), RUNTIME_DIRECTORY (where to put its own
+//! notify socket). [`Inherited::take`] reads them all once, at the start of
+//! `baton run` while the process is still single-threaded, removes the ones
+//! meant for baton alone from the environment, and keeps the rest as the
+//! environment every generation starts from. A generation never sees an
+//! inherited value of those names: the spawner drops them by name
+//! ([`FOR_BATON_ONLY`]) before setting its own, whatever their order.
+//!
+//! The operator commands read only the two things they share with the
+//! daemon: whose home `~/` means ([`home`]) and whether stderr is the
+//! journal ([`journal_stream`]). No other module reads the environment.
+
+use std::ffi::OsString;
+use std::os::fd::RawFd;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+/// Variables that describe baton's own service, never a generation's. A
+/// generation gets its own values of LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES
+/// and NOTIFY_SOCKET from the spawner, and none of the others.
+pub const FOR_BATON_ONLY: [&str; 7] = [
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+    "LISTEN_FDS_FIRST_FD",
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+];
+
+/// Everything `baton run` takes from its parent.
+#[derive(Debug)]
+pub struct Inherited {
+    /// The sockets passed for this pid (LISTEN_FDS, LISTEN_PID checked by
+    /// listenfd), in order; validated by [`crate::sockets`].
+    pub listen_fds: Vec<RawFd>,
+    /// LISTEN_FDNAMES, passed on to generations unchanged.
+    pub listen_fdnames: Option<String>,
+    /// NOTIFY_SOCKET: where systemd listens for baton's own READY/STATUS.
+    pub notify_socket: Option<OsString>,
+    /// WATCHDOG_USEC, when WATCHDOG_PID (if set) is baton's pid.
+    pub watchdog: Option<Duration>,
+    /// RUNTIME_DIRECTORY (the first, if systemd gave several).
+    pub runtime_dir: Option<PathBuf>,
+    /// Where baton makes a private directory when there is no
+    /// RUNTIME_DIRECTORY: $XDG_RUNTIME_DIR, else the temp dir.
+    pub scratch_dir: PathBuf,
+    /// The rest of the environment: what every generation starts from.
+    pub env: Vec<(OsString, OsString)>,
+}
+
+impl Inherited {
+    /// Reads what baton inherited and clears the variables meant for baton
+    /// alone. Must run before any thread exists (it edits the environment).
+    pub fn take() -> Result<Inherited> {
+        let listen_fdnames = std::env::var("LISTEN_FDNAMES").ok();
+        let listen_pid = std::env::var("LISTEN_PID").ok();
+        let watchdog = sd_notify::watchdog_enabled();
+        let notify_socket = std::env::var_os("NOTIFY_SOCKET");
+        let runtime_dir = std::env::var_os("RUNTIME_DIRECTORY")
+            .and_then(|v| {
+                v.to_str()
+                    .and_then(|s| s.split(':').next())
+                    .map(PathBuf::from)
+            })
+            .filter(|p| p.is_dir());
+        let scratch_dir = std::env::var_os("XDG_RUNTIME_DIR")
+            .map(PathBuf::from)
+            .filter(|p| p.is_dir())
+            .unwrap_or_else(std::env::temp_dir);
+        // listenfd checks LISTEN_PID against our pid (and clears LISTEN_FDS
+        // and LISTEN_PID itself).
+        let mut taken = listenfd::ListenFd::from_env();
+        // SAFETY: called from `baton run` before any thread is spawned (see
+        // supervisor::run), so nothing can read the environment concurrently.
+        unsafe {
+            for name in FOR_BATON_ONLY {
+                std::env::remove_var(name);
+            }
+        }
+        if taken.len() == 0
+            && let Some(pid) =
+                listen_pid.filter(|p| !p.is_empty() && *p != std::process::id().to_string())
+        {
+            log::warn!(
+                "LISTEN_FDS is meant for pid {pid}, not baton ({}): ignored",
+                std::process::id()
+            );
+        }
+        let mut listen_fds = Vec::with_capacity(taken.len());
+        for i in 0..taken.len() {
+            let raw = taken
+                .take_raw_fd(i)
+                .with_context(|| format!("taking inherited fd {}", 3 + i))?
+                .with_context(|| format!("inherited fd {} is missing", 3 + i))?;
+            listen_fds.push(raw);
+        }
+        Ok(Inherited {
+            listen_fds,
+            listen_fdnames,
+            notify_socket,
+            watchdog,
+            runtime_dir,
+            scratch_dir,
+            env: std::env::vars_os().collect(),
+        })
+    }
+}
+
+/// The home directory `~/` means in current.conf, for the daemon and the
+/// operator commands alike: the passwd entry of the effective user (what a
+/// service started by systemd with `User=` has), else $HOME.
+pub fn home() -> Option<PathBuf> {
+    nix::unistd::User::from_uid(nix::unistd::geteuid())
+        .ok()
+        .flatten()
+        .map(|u| u.dir)
+        .or_else(|| std::env::var_os("HOME").map(PathBuf::from))
+}
+
+/// JOURNAL_STREAM as (device, inode) of the journal's stream socket, if set.
+pub fn journal_stream() -> Option<(u64, u64)> {
+    let v = std::env::var_os("JOURNAL_STREAM")?;
+    let (dev, ino) = v.to_str()?.split_once(':')?;
+    Some((dev.parse().ok()?, ino.parse().ok()?))
+}

@@ -1,0 +1,119 @@
+//! What baton says about itself, rendered from the state machine: the
+//! STATUS= line systemd shows and the state file the operator commands read.
+
+use std::path::Path;
+use std::time::SystemTime;
+
+use crate::clock::unix;
+use crate::config::Release;
+use crate::core::history::{Note, Outcome};
+use crate::core::{Core, Generation};
+use crate::state::{GenerationInfo, ReleaseInfo, RollbackInfo, RolloutInfo, RolloutResult, State};
+
+/// baton's STATUS= line: what serves (release, pid, generation) and the
+/// last failure, if one is worth telling.
+pub fn status_line(core: &Core) -> String {
+    if core.is_shutting_down() {
+        return format!(
+            "stopping: waiting for {} generation(s) to exit",
+            core.generations().count()
+        );
+    }
+    let serving = core.live().map(|g| {
+        let mut s = format!(
+            "{} (pid {}, generation {})",
+            g.release,
+            g.pid.unwrap_or(0),
+            g.id
+        );
+        if let Some(app) = &g.app_status {
+            s.push_str(": ");
+            s.push_str(app);
+        }
+        s
+    });
+    let mut line = match (core.note(), &serving) {
+        (Some(Note::Failure(n)), Some(s)) => format!("{n}; still serving {s}"),
+        (Some(Note::Recovery(n)), Some(s)) => format!("{n}; serving {s}"),
+        (Some(Note::Failure(n) | Note::Recovery(n)), None) => format!("{n}; nothing serving"),
+        (None, Some(s)) => format!("serving {s}"),
+        (None, None) => "nothing serving yet".to_owned(),
+    };
+    if let Some(c) = core.candidate() {
+        line.push_str(&format!(
+            "; {} {} (generation {})",
+            c.phase.name(),
+            c.release,
+            c.id
+        ));
+    }
+    if let Some(r) = core.pending_restart() {
+        line.push_str(&format!("; restarting {r} after backoff"));
+    }
+    line
+}
+
+pub fn release_info(r: &Release) -> ReleaseInfo {
+    ReleaseInfo {
+        name: r.name(),
+        bin: r.bin.clone(),
+        cfg: r.cfg.clone(),
+    }
+}
+
+fn generation_info(g: &Generation) -> GenerationInfo {
+    GenerationInfo {
+        generation: g.id,
+        release: release_info(&g.release),
+        pid: g.pid,
+        state: g.phase.state(),
+        trigger: g.trigger,
+        started_at: unix(g.started_wall),
+    }
+}
+
+/// The state file's content.
+pub fn state(
+    core: &Core,
+    config: &Path,
+    app_dir: &Path,
+    started: SystemTime,
+    stopping: bool,
+) -> State {
+    State {
+        pid: std::process::id(),
+        config: config.to_owned(),
+        app_dir: app_dir.to_owned(),
+        started_at: unix(started),
+        status: status_line(core),
+        serving: core.live().map(generation_info),
+        generations: core.generations().map(generation_info).collect(),
+        last_known_good: core.last_good().map(release_info),
+        last_rollout: core.last_rollout().map(|r| {
+            let (result, reason) = match &r.outcome {
+                Outcome::InProgress => (RolloutResult::InProgress, None),
+                Outcome::Succeeded => (RolloutResult::Succeeded, None),
+                Outcome::Failed(why) => (RolloutResult::Failed, Some(why.clone())),
+                Outcome::Superseded => (RolloutResult::Superseded, None),
+            };
+            RolloutInfo {
+                seq: r.seq,
+                release: r.release.as_ref().map(release_info),
+                generation: r.generation,
+                trigger: r.trigger,
+                result,
+                reason,
+                started_at: unix(r.started),
+                finished_at: r.finished.map(unix),
+            }
+        }),
+        last_rollback: core.last_rollback().map(|b| RollbackInfo {
+            from: release_info(&b.from),
+            to: release_info(&b.to),
+            after_secs: b.after.as_secs_f64(),
+            at: unix(b.at),
+        }),
+        restarts: core.restarts(),
+        stopping,
+    }
+}

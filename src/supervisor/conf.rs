@@ -1,0 +1,220 @@
+//! current.conf changes, as the loop sees them: inotify events ([`crate::watch`])
+//! debounced, then the file read ([`crate::config`]) and handed to the core.
+//!
+//! The debounce acts on the leading edge and folds the trailing one: the
+//! first edit after a quiet spell is read at once (a rollout starts within
+//! the event's wake-up), edits closer together than [`SETTLE`] are a burst,
+//! and the burst is read once more, [`SETTLE`] after its last edit, so the
+//! newest content wins and a burst starts at most one extra generation.
+
+use std::time::{Duration, Instant};
+
+use log::{debug, error, info, warn};
+
+use super::Supervisor;
+use crate::clock::Now;
+use crate::config;
+use crate::state::Trigger;
+use crate::watch::Change;
+
+/// Edits closer together than this are a burst: the first one acts at once,
+/// the rest are folded into one read of the last content once the file has
+/// been quiet this long.
+pub const SETTLE: Duration = Duration::from_millis(100);
+
+/// Leading-edge act, trailing-edge fold. Pure: instants are passed in.
+#[derive(Debug, Default)]
+pub struct Debounce {
+    /// The last change that counted as an edit. Whether the next one starts
+    /// a burst depends on the time since this, not since baton last read
+    /// the file: otherwise, after one folded burst, every later edit would
+    /// land within SETTLE of the trailing read and be folded too.
+    last_edit: Option<Instant>,
+    /// The trailing read is due then.
+    trailing: Option<Instant>,
+}
+
+impl Debounce {
+    /// A change was seen at `now`: true when it should be read at once
+    /// (then call [`Debounce::read`] if the read counted as an edit);
+    /// false when it joins a burst, read once the file is quiet.
+    pub fn change(&mut self, now: Instant) -> bool {
+        let quiet = self
+            .last_edit
+            .is_none_or(|t| now.duration_since(t) >= SETTLE);
+        if self.trailing.is_none() && quiet {
+            return true;
+        }
+        self.last_edit = Some(now);
+        self.trailing = Some(now + SETTLE);
+        false
+    }
+
+    /// The leading-edge read at `now` counted as an edit.
+    pub fn read(&mut self, now: Instant) {
+        self.last_edit = Some(now);
+    }
+
+    /// When the trailing read is due, if a burst is pending.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.trailing
+    }
+
+    /// True once, when the pending burst has been quiet for [`SETTLE`].
+    pub fn due(&mut self, now: Instant) -> bool {
+        if self.trailing.is_some_and(|t| t <= now) {
+            self.trailing = None;
+            return true;
+        }
+        false
+    }
+}
+
+impl Supervisor {
+    pub(super) fn on_watch(&mut self, now: Now) {
+        for change in self.watcher.read() {
+            match change {
+                Change::Removed => {
+                    info!(
+                        "{} was removed; still serving {}; waiting for it to return",
+                        self.paths.config.display(),
+                        self.serving_name()
+                    );
+                    continue;
+                }
+                Change::DirLost => {
+                    warn!(
+                        "{} was removed or renamed; watching its parent for its return",
+                        self.watcher.dir().display()
+                    );
+                    continue;
+                }
+                Change::DirBack => {
+                    info!("watching {} again", self.watcher.dir().display());
+                    // A re-created directory is usually empty at first: no
+                    // current.conf yet is waiting, as after Removed, not a
+                    // failed rollout.
+                    if std::fs::symlink_metadata(&self.paths.config)
+                        .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+                    {
+                        info!(
+                            "{} does not exist yet; waiting for it",
+                            self.paths.config.display()
+                        );
+                        continue;
+                    }
+                }
+                Change::Overflow => warn!(
+                    "inotify queue overflowed; re-reading {}",
+                    self.paths.config.display()
+                ),
+                Change::Written | Change::Created => {}
+            }
+            debug!("{} changed ({change:?})", self.paths.config.display());
+            self.event_at.get_or_insert(now.mono);
+            if self.debounce.change(now.mono) && self.read_conf_after(change, now) {
+                self.debounce.read(now.mono);
+            }
+        }
+    }
+
+    /// The trailing read of a burst, once it is due.
+    pub(super) fn on_settled(&mut self, now: Now) {
+        if self.debounce.due(now.mono) {
+            debug!(
+                "{} has been quiet for {SETTLE:?}; reading it",
+                self.paths.config.display()
+            );
+            self.read_conf(Trigger::Edit, now);
+        }
+    }
+
+    /// Reads current.conf after `change`; false when it is evidently still
+    /// being written (so the change did not count as an edit).
+    fn read_conf_after(&mut self, change: Change, now: Now) -> bool {
+        if change == Change::Created
+            && let Err(e) = config::load(&self.paths.config, &self.policy)
+            && e.maybe_partial
+        {
+            debug!("{e} (still being written?); waiting for the write to finish");
+            return false;
+        }
+        self.read_conf(Trigger::Edit, now);
+        true
+    }
+
+    pub(super) fn read_conf(&mut self, trigger: Trigger, now: Now) {
+        match config::load(&self.paths.config, &self.policy) {
+            Ok(parsed) => {
+                for w in &parsed.warnings {
+                    warn!("{}: {w}", self.paths.config.display());
+                }
+                self.core.want(parsed.release, trigger, now);
+            }
+            Err(e) => {
+                error!("{e}; still serving {}", self.serving_name());
+                self.core.conf_invalid(e.to_string(), trigger, now);
+            }
+        }
+    }
+
+    fn serving_name(&self) -> String {
+        self.core
+            .live()
+            .map(|g| g.release.name())
+            .unwrap_or_else(|| "nothing".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(t0: Instant, n: u64) -> Instant {
+        t0 + Duration::from_millis(n)
+    }
+
+    #[test]
+    fn the_first_edit_acts_at_once_and_a_burst_is_read_once_when_quiet() {
+        let t0 = Instant::now();
+        let mut d = Debounce::default();
+        assert!(d.change(t0), "leading edge");
+        d.read(t0);
+        assert_eq!(d.deadline(), None);
+        assert!(!d.change(ms(t0, 30)), "30 ms later: a burst");
+        assert!(!d.change(ms(t0, 60)));
+        assert_eq!(
+            d.deadline(),
+            Some(ms(t0, 160)),
+            "quiet measured from the last"
+        );
+        assert!(!d.due(ms(t0, 159)));
+        assert!(d.due(ms(t0, 160)));
+        assert!(!d.due(ms(t0, 500)), "due once");
+    }
+
+    #[test]
+    fn after_a_folded_burst_the_next_edit_is_a_leading_edge_again() {
+        let t0 = Instant::now();
+        let mut d = Debounce::default();
+        assert!(d.change(t0));
+        d.read(t0);
+        assert!(!d.change(ms(t0, 50)));
+        assert!(d.due(ms(t0, 150)));
+        // 100 ms after the last edit (50 ms after the trailing read): quiet.
+        assert!(d.change(ms(t0, 150)), "not folded into the last burst");
+        d.read(ms(t0, 150));
+        assert!(!d.change(ms(t0, 200)));
+    }
+
+    #[test]
+    fn a_change_that_was_not_an_edit_does_not_start_a_burst() {
+        let t0 = Instant::now();
+        let mut d = Debounce::default();
+        // A create whose content is not written yet: read, but not counted.
+        assert!(d.change(t0));
+        assert!(d.change(ms(t0, 1)), "its write still acts at once");
+        d.read(ms(t0, 1));
+        assert!(!d.change(ms(t0, 2)));
+    }
+}
