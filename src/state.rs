@@ -97,24 +97,13 @@ pub struct ReleaseInfo {
     pub cfg: PathBuf,
 }
 
-impl From<&Release> for ReleaseInfo {
-    fn from(r: &Release) -> ReleaseInfo {
-        ReleaseInfo {
-            name: r.name(),
-            bin: r.bin.clone(),
-            cfg: r.cfg.clone(),
-        }
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GenerationInfo {
     pub generation: u64,
     pub release: ReleaseInfo,
     pub pid: Option<i32>,
-    /// starting, soaking, live, stopping, killed
-    pub state: String,
-    pub trigger: String,
+    pub state: GenState,
+    pub trigger: Trigger,
     pub started_at: f64,
 }
 
@@ -123,9 +112,8 @@ pub struct RolloutInfo {
     pub seq: u64,
     pub release: Option<ReleaseInfo>,
     pub generation: Option<u64>,
-    pub trigger: String,
-    /// in-progress, succeeded, failed, superseded
-    pub result: String,
+    pub trigger: Trigger,
+    pub result: RolloutResult,
     pub reason: Option<String>,
     pub started_at: f64,
     pub finished_at: Option<f64>,
@@ -155,73 +143,7 @@ pub struct State {
     pub stopping: bool,
 }
 
-pub fn unix(t: SystemTime) -> f64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
-}
-
-fn trigger_name(t: Trigger) -> String {
-    serde_json::to_value(t)
-        .ok()
-        .and_then(|v| v.as_str().map(String::from))
-        .unwrap_or_default()
-}
-
 impl State {
-    pub fn of(
-        fleet: &Fleet,
-        config: &Path,
-        app_dir: &Path,
-        started: SystemTime,
-        stopping: bool,
-    ) -> State {
-        let gen_info = |g: &crate::generation::Generation| GenerationInfo {
-            generation: g.id,
-            release: (&g.release).into(),
-            pid: g.pid,
-            state: g.phase.name().to_owned(),
-            trigger: trigger_name(g.trigger),
-            started_at: unix(g.started_wall),
-        };
-        State {
-            pid: std::process::id(),
-            config: config.to_owned(),
-            app_dir: app_dir.to_owned(),
-            started_at: unix(started),
-            status: fleet.status_line(),
-            serving: fleet.live().map(gen_info),
-            generations: fleet.generations().map(gen_info).collect(),
-            last_known_good: fleet.last_good().map(Into::into),
-            last_rollout: fleet.last_rollout().map(|r| {
-                let (result, reason) = match &r.outcome {
-                    Outcome::InProgress => ("in-progress", None),
-                    Outcome::Succeeded => ("succeeded", None),
-                    Outcome::Failed(why) => ("failed", Some(why.clone())),
-                    Outcome::Superseded => ("superseded", None),
-                };
-                RolloutInfo {
-                    seq: r.seq,
-                    release: r.release.as_ref().map(Into::into),
-                    generation: r.generation,
-                    trigger: trigger_name(r.trigger),
-                    result: result.to_owned(),
-                    reason,
-                    started_at: unix(r.started),
-                    finished_at: r.finished.map(unix),
-                }
-            }),
-            last_rollback: fleet.last_rollback().map(|b| RollbackInfo {
-                from: (&b.from).into(),
-                to: (&b.to).into(),
-                after_secs: b.after.as_secs_f64(),
-                at: unix(b.at),
-            }),
-            restarts: fleet.restarts(),
-            stopping,
-        }
-    }
-
     pub fn read(app_dir: &Path) -> Result<State> {
         let path = app_dir.join(STATE_FILE);
         let text = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
@@ -298,4 +220,43 @@ pub fn is_running(app_dir: &Path) -> bool {
         return false;
     };
     Flock::lock(file, FlockArg::LockSharedNonblock).is_err()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The words the state file uses are the words `baton status` prints.
+    #[test]
+    fn serialized_names_are_the_printed_names() {
+        let word = |v: serde_json::Value| v.as_str().unwrap().to_owned();
+        for t in [
+            Trigger::Startup,
+            Trigger::Edit,
+            Trigger::Reload,
+            Trigger::Restart,
+            Trigger::Rollback,
+        ] {
+            assert_eq!(word(serde_json::to_value(t).unwrap()), t.as_str());
+        }
+        for s in [
+            GenState::Starting,
+            GenState::Soaking,
+            GenState::Live,
+            GenState::Stopping,
+            GenState::Killed,
+        ] {
+            assert_eq!(word(serde_json::to_value(s).unwrap()), s.as_str());
+        }
+        for r in [
+            RolloutResult::InProgress,
+            RolloutResult::Succeeded,
+            RolloutResult::Failed,
+            RolloutResult::Superseded,
+        ] {
+            assert_eq!(word(serde_json::to_value(r).unwrap()), r.as_str());
+        }
+        let back: RolloutResult = serde_json::from_str("\"in-progress\"").unwrap();
+        assert_eq!(back, RolloutResult::InProgress);
+    }
 }
