@@ -69,3 +69,70 @@ fn no_socket_at_all_is_a_usage_error() {
         "{err}"
     );
 }
+
+/// `~/` in current.conf means one home for the daemon and the operator
+/// commands alike: the passwd entry of the user they run as, whatever
+/// $HOME says. Here $HOME points elsewhere for the commands; `releases`
+/// must still see what current.conf names, and `switch` must keep the
+/// `~/` style (which the daemon then resolves to the same files).
+#[test]
+fn home_in_current_conf_means_the_same_to_the_daemon_and_the_commands() {
+    let home = nix::unistd::User::from_uid(nix::unistd::geteuid())
+        .unwrap()
+        .expect("a passwd entry for the test's user")
+        .dir;
+    let mut rig = Rig::new("home");
+    rig.release("1.0", "");
+    rig.release("2.0", "");
+    // A name under the passwd home that leads to the rig's release dir.
+    let name = format!(".baton-test-home-{}", std::process::id());
+    let link = home.join(&name);
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&rig.release_dir, &link).unwrap();
+    struct Unlink(std::path::PathBuf);
+    impl Drop for Unlink {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    let _unlink = Unlink(link);
+    rig.write_conf(&format!(
+        "{{\"bin.file\": \"~/{name}/app.1.0\", \"cfg.file\": \"~/{name}/cfg.1.0\"}}\n"
+    ));
+    rig.start(&[]);
+    rig.wait_live("1.0");
+
+    let elsewhere = rig.tmp.0.join("not-home");
+    let command = |args: &[&str]| {
+        let out = std::process::Command::new(BATON)
+            .args(args)
+            .arg("--config")
+            .arg(&rig.conf)
+            .env("HOME", &elsewhere)
+            .output()
+            .unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (out.status.code(), text(&out.stdout), text(&out.stderr))
+    };
+    let (code, out, err) = command(&["releases"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let line = out
+        .lines()
+        .find(|l| l.contains("app.1.0"))
+        .unwrap_or_else(|| panic!("app.1.0 listed:\n{out}"));
+    assert!(
+        line.contains("serving") && line.contains("named by current.conf"),
+        "{out}"
+    );
+    assert!(!out.contains("not among these"), "{out}");
+
+    let (code, out, err) = command(&["switch", "2.0", "--wait=20s"]);
+    assert_eq!(code, Some(0), "{out}{err}\n{}", rig.log());
+    let text = std::fs::read_to_string(&rig.conf).unwrap();
+    assert!(
+        text.contains(&format!("\"~/{name}/app.2.0\""))
+            && text.contains(&format!("\"~/{name}/cfg.2.0\"")),
+        "the ~/ style is kept: {text}"
+    );
+    rig.wait_serving("2.0");
+}
