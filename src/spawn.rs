@@ -1,4 +1,5 @@
-//! Starting a generation: fork + execve, done by hand.
+//! Starting a generation (or any program baton runs): fork + execve, done
+//! by hand.
 //!
 //! `std::process::Command` cannot do what socket activation needs: the
 //! environment must carry `LISTEN_PID=<the child's own pid>`, which exists only
@@ -10,7 +11,7 @@
 //! means the exec worked, 8 bytes name the step and errno that failed. The
 //! parent does not wait for either; the supervisor polls the pipe.
 
-use std::ffi::{CString, OsString};
+use std::ffi::{CString, OsStr, OsString};
 use std::fmt;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
@@ -134,36 +135,124 @@ fn environment(spec: &Spec) -> Result<Vec<CString>, SpawnError> {
     Ok(env)
 }
 
+/// A program to start, with everything it needs prepared before the fork.
+pub struct Exec {
+    path: CString,
+    /// argv, argv[0] first.
+    argv: Vec<CString>,
+    env: Vec<CString>,
+    /// Add `LISTEN_PID=<the child's own pid>` (socket activation).
+    listen_pid: bool,
+    /// Become fds 3, 4, ... in the child, in this order.
+    fds: Vec<RawFd>,
+    /// Replace fds 0, 1, 2 in the child (None: keep baton's).
+    stdio: [Option<RawFd>; 3],
+    cwd: CString,
+}
+
+impl Exec {
+    /// A generation: `bin -c cfg` with the listening sockets at fds 3..,
+    /// the environment of [`environment`] and LISTEN_PID.
+    pub fn generation(spec: &Spec) -> Result<Exec, SpawnError> {
+        let path = cstring(spec.release.bin.as_os_str().as_bytes())?;
+        Ok(Exec {
+            argv: vec![
+                path.clone(),
+                cstring(b"-c")?,
+                cstring(spec.release.cfg.as_os_str().as_bytes())?,
+            ],
+            path,
+            env: environment(spec)?,
+            listen_pid: true,
+            fds: spec.listeners.to_vec(),
+            stdio: [None; 3],
+            cwd: cstring(spec.cwd.as_os_str().as_bytes())?,
+        })
+    }
+
+    /// Any other program baton runs: `path` with `args`, exactly `env`, in
+    /// `cwd`, with no fds beyond 0-2.
+    pub fn program(
+        path: &Path,
+        args: &[&OsStr],
+        env: &[(OsString, OsString)],
+        cwd: &Path,
+    ) -> Result<Exec, SpawnError> {
+        let path = cstring(path.as_os_str().as_bytes())?;
+        let mut argv = vec![path.clone()];
+        for a in args {
+            argv.push(cstring(a.as_bytes())?);
+        }
+        let mut envp = Vec::with_capacity(env.len());
+        for (k, v) in env {
+            let mut kv = k.as_bytes().to_vec();
+            kv.push(b'=');
+            kv.extend_from_slice(v.as_bytes());
+            envp.push(cstring(&kv)?);
+        }
+        Ok(Exec {
+            path,
+            argv,
+            env: envp,
+            listen_pid: false,
+            fds: Vec::new(),
+            stdio: [None; 3],
+            cwd: cstring(cwd.as_os_str().as_bytes())?,
+        })
+    }
+
+    /// Puts `fd` at fd `n` (0, 1 or 2) in the child.
+    pub fn stdio(mut self, n: usize, fd: RawFd) -> Exec {
+        self.stdio[n] = Some(fd);
+        self
+    }
+}
+
+/// Starts a generation (see [`Exec::generation`]).
 pub fn spawn(spec: &Spec) -> Result<Child, SpawnError> {
+    start(&Exec::generation(spec)?)
+}
+
+/// Forks and execs `e` in a process group of its own. Returns at once: the
+/// exec's outcome is read later from [`Child::exec_status`].
+pub fn start(e: &Exec) -> Result<Child, SpawnError> {
     // ---- everything the child needs, allocated before the fork ----
-    let path = cstring(spec.release.bin.as_os_str().as_bytes())?;
-    let argv_owned = [
-        path.clone(),
-        cstring(b"-c")?,
-        cstring(spec.release.cfg.as_os_str().as_bytes())?,
-    ];
-    let mut argv: Vec<*const libc::c_char> = argv_owned.iter().map(|c| c.as_ptr()).collect();
+    let mut argv: Vec<*const libc::c_char> = e.argv.iter().map(|c| c.as_ptr()).collect();
     argv.push(std::ptr::null());
 
-    let env_owned = environment(spec)?;
     // LISTEN_PID=: the child writes its pid's digits here, then a NUL.
     let mut listen_pid = vec![0u8; LISTEN_PID_PREFIX.len() + PID_DIGITS + 1];
     listen_pid[..LISTEN_PID_PREFIX.len()].copy_from_slice(LISTEN_PID_PREFIX);
     // One base pointer for both uses: envp reads the buffer, the child
     // writes the digits into it.
     let listen_pid_base: *mut u8 = listen_pid.as_mut_ptr();
-    let mut envp: Vec<*const libc::c_char> = env_owned.iter().map(|c| c.as_ptr()).collect();
-    envp.push(listen_pid_base.cast_const().cast());
+    let mut envp: Vec<*const libc::c_char> = e.env.iter().map(|c| c.as_ptr()).collect();
+    let listen_pid_digits: *mut u8 = if e.listen_pid {
+        envp.push(listen_pid_base.cast_const().cast());
+        // SAFETY: the prefix is shorter than the buffer (sized above).
+        unsafe { listen_pid_base.add(LISTEN_PID_PREFIX.len()) }
+    } else {
+        std::ptr::null_mut()
+    };
     envp.push(std::ptr::null());
-    // SAFETY: the prefix is shorter than the buffer (sized above).
-    let listen_pid_digits: *mut u8 = unsafe { listen_pid_base.add(LISTEN_PID_PREFIX.len()) };
 
-    let cwd = cstring(spec.cwd.as_os_str().as_bytes())?;
-    let sources: Vec<RawFd> = spec.listeners.to_vec();
+    // Where each source fd goes: stdio first, then the sockets at 3, 4, ...
+    let mut sources: Vec<RawFd> = Vec::with_capacity(e.fds.len() + 3);
+    let mut targets: Vec<RawFd> = Vec::with_capacity(e.fds.len() + 3);
+    for (n, fd) in e.stdio.iter().enumerate() {
+        if let Some(fd) = fd {
+            sources.push(*fd);
+            targets.push(n as RawFd);
+        }
+    }
+    for (i, fd) in e.fds.iter().enumerate() {
+        sources.push(*fd);
+        targets.push(3 + i as RawFd);
+    }
     let mut moved: Vec<RawFd> = vec![-1; sources.len()];
     let moved_ptr = moved.as_mut_ptr();
     // Temporary copies land at or above this, clear of the targets 3..3+n.
-    let floor = 3 + sources.len() as RawFd;
+    let floor = 3 + e.fds.len() as RawFd;
 
     let mut pipe_fds = [0 as libc::c_int; 2];
     // SAFETY: pipe2 writes two fds into the array we own; O_CLOEXEC keeps
@@ -192,11 +281,12 @@ pub fn spawn(spec: &Spec) -> Result<Child, SpawnError> {
         // SAFETY: we are the freshly forked child; see `child_exec`.
         unsafe {
             child_exec(ChildPlan {
-                path: path.as_ptr(),
+                path: e.path.as_ptr(),
                 argv: argv.as_ptr(),
                 envp: envp.as_ptr(),
-                cwd: cwd.as_ptr(),
+                cwd: e.cwd.as_ptr(),
                 sources: &sources,
+                targets: &targets,
                 moved: moved_ptr,
                 floor,
                 listen_pid_digits,
@@ -215,7 +305,7 @@ pub fn spawn(spec: &Spec) -> Result<Child, SpawnError> {
     // The child's copies of argv/envp are its own (copy-on-write): ours can
     // go. Whether the exec worked is read from `exec_status` when the loop
     // sees it readable, so baton never waits for a child's exec.
-    drop((argv_owned, env_owned, listen_pid, moved));
+    drop((argv, envp, listen_pid, moved));
     Ok(Child {
         pid: child,
         pidfd: pidfd_open(child),
@@ -265,6 +355,7 @@ struct ChildPlan<'a> {
     envp: *const *const libc::c_char,
     cwd: *const libc::c_char,
     sources: &'a [RawFd],
+    targets: &'a [RawFd],
     moved: *mut RawFd,
     floor: RawFd,
     listen_pid_digits: *mut u8,
@@ -296,8 +387,9 @@ unsafe fn child_exec(plan: ChildPlan) -> ! {
             libc::_exit(127)
         };
         // Copy every source above the targets (close-on-exec), then place the
-        // copies at 3, 4, ... dup2 from a different fd clears FD_CLOEXEC on
-        // the target, which is what lets the socket cross the exec.
+        // copies at their targets (0-2 for stdio, 3, 4, ... for sockets).
+        // dup2 from a different fd clears FD_CLOEXEC on the target, which is
+        // what lets the socket cross the exec.
         for (i, &src) in plan.sources.iter().enumerate() {
             let tmp = libc::fcntl(src, libc::F_DUPFD_CLOEXEC, plan.floor);
             if tmp < 0 {
@@ -305,8 +397,8 @@ unsafe fn child_exec(plan: ChildPlan) -> ! {
             }
             *plan.moved.add(i) = tmp;
         }
-        for i in 0..plan.sources.len() {
-            if libc::dup2(*plan.moved.add(i), 3 + i as RawFd) < 0 {
+        for (i, &target) in plan.targets.iter().enumerate() {
+            if libc::dup2(*plan.moved.add(i), target) < 0 {
                 fail(0);
             }
         }
@@ -360,6 +452,22 @@ unsafe fn child_exec(plan: ChildPlan) -> ! {
             fail(3);
         }
         // LISTEN_PID = our own pid, digits written into the reserved buffer.
+        if !plan.listen_pid_digits.is_null() {
+            write_pid(plan.listen_pid_digits);
+        }
+        libc::execve(plan.path, plan.argv, plan.envp);
+        fail(4)
+    }
+}
+
+/// Writes our pid's digits and a NUL at `out`.
+///
+/// # Safety
+/// `out` must have room for [`PID_DIGITS`] + 1 bytes. Async-signal-safe.
+unsafe fn write_pid(out: *mut u8) {
+    // SAFETY: getpid is async-signal-safe; the writes stay within the
+    // PID_DIGITS + 1 bytes the caller reserved.
+    unsafe {
         let mut pid = libc::getpid() as u64;
         let mut digits = [0u8; PID_DIGITS];
         let mut n = 0;
@@ -372,11 +480,9 @@ unsafe fn child_exec(plan: ChildPlan) -> ! {
             }
         }
         for i in 0..n {
-            *plan.listen_pid_digits.add(i) = digits[n - 1 - i];
+            *out.add(i) = digits[n - 1 - i];
         }
-        *plan.listen_pid_digits.add(n) = 0;
-        libc::execve(plan.path, plan.argv, plan.envp);
-        fail(4)
+        *out.add(n) = 0;
     }
 }
 
@@ -567,6 +673,39 @@ mod tests {
                 "NOTIFY_SOCKET=/run/app/notify.sock"
             ]
         );
+    }
+
+    /// A plain program: exactly the environment given, stdout where it was
+    /// put, no fd beyond 0-2, no LISTEN_PID, its own process group.
+    #[test]
+    fn a_program_gets_its_stdio_and_environment_and_nothing_else() {
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let env = [(OsString::from("FOO"), OsString::from("bar"))];
+        let script = "echo \"$FOO ${LISTEN_PID:-none} $(ps -o pgid= -p $$ | tr -d ' ') $$\"; \
+                      [ -e /proc/$$/fd/3 ] && echo leak || echo clean";
+        let exec = Exec::program(
+            Path::new("/bin/sh"),
+            &[OsStr::new("-c"), OsStr::new(script)],
+            &env,
+            Path::new("/"),
+        )
+        .unwrap()
+        .stdio(1, w.as_raw_fd());
+        let child = start(&exec).unwrap();
+        drop(w);
+        let status = nix::sys::wait::waitpid(child.pid, None).unwrap();
+        assert!(
+            matches!(status, nix::sys::wait::WaitStatus::Exited(_, 0)),
+            "{status:?}"
+        );
+        assert_eq!(
+            exec_outcome(child.exec_status.as_ref().unwrap(), child.pid),
+            Some(Ok(()))
+        );
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut std::fs::File::from(r), &mut out).unwrap();
+        let pid = child.pid.as_raw();
+        assert_eq!(out, format!("bar none {pid} {pid}\nclean\n"));
     }
 
     #[test]
