@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use testkit::layout;
-use testkit::wait::poll;
+use testkit::wait::{child_exit, poll};
 
 use crate::Ctx;
 use crate::baton::Baton;
@@ -124,15 +124,9 @@ fn start_wrk(ctx: &Ctx, name: &str, port: u16, shape: Shape, secs: f64) -> Resul
 
 impl Wrk {
     fn finish(mut self) -> Result<WrkResult, String> {
-        let child = &mut self.child.0;
         let limit = Duration::from_secs_f64(self.secs + 20.0);
-        poll(limit, Duration::from_millis(20), || {
-            match child.try_wait() {
-                Ok(Some(_)) => Ok(()),
-                _ => Err(()),
-            }
-        })
-        .map_err(|()| "wrk did not finish in time".to_string())?;
+        child_exit(&mut self.child.0, limit, Duration::from_millis(20))
+            .ok_or("wrk did not finish in time")?;
         let text = std::fs::read_to_string(&self.json)
             .map_err(|e| format!("wrk wrote no summary ({e})"))?;
         let json = serde_json::from_str(&text).map_err(|e| format!("wrk summary: {e}"))?;
@@ -400,15 +394,8 @@ impl Gunicorn {
     pub fn stop(&mut self) {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.pid(), libc::SIGTERM) };
-        let master = &mut self.master.0;
-        let _ = poll(
-            Duration::from_secs(40),
-            Duration::from_millis(10),
-            || match master.try_wait() {
-                Ok(Some(_)) => Ok(()),
-                _ => Err(()),
-            },
-        );
+        let every = Duration::from_millis(10);
+        child_exit(&mut self.master.0, Duration::from_secs(40), every);
     }
 }
 

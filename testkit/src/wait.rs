@@ -7,6 +7,7 @@
 //! nothing is ever asserted after a bare sleep.
 
 use std::fmt::Display;
+use std::process::{Child, ExitStatus};
 use std::time::{Duration, Instant};
 
 /// Calls `check` every `every` until it returns Ok (that value) or
@@ -47,6 +48,18 @@ pub fn wait_for<T, E: Display>(
         .unwrap_or_else(|e| panic!("timed out after {timeout:?} waiting for {what}: {e}"))
 }
 
+/// Polls `child` every `every` until it exits (its status; it is reaped)
+/// or `timeout` passes (None; None at once if it cannot be waited for).
+pub fn child_exit(child: &mut Child, timeout: Duration, every: Duration) -> Option<ExitStatus> {
+    poll(timeout, every, || match child.try_wait() {
+        Ok(Some(status)) => Ok(Some(status)),
+        Ok(None) => Err(()),
+        Err(_) => Ok(None),
+    })
+    .ok()
+    .flatten()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -73,6 +86,21 @@ mod tests {
         assert_eq!(r, Err(n));
         assert!(!wait_until(Duration::ZERO, || false));
         assert!(wait_until(Duration::ZERO, || true));
+    }
+
+    #[test]
+    fn child_exit_reaps_or_times_out() {
+        let every = Duration::from_millis(5);
+        let mut quick = std::process::Command::new("true").spawn().unwrap();
+        let st = child_exit(&mut quick, Duration::from_secs(10), every).expect("true exits");
+        assert!(st.success());
+        let mut slow = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        assert!(child_exit(&mut slow, Duration::from_millis(50), every).is_none());
+        slow.kill().unwrap();
+        slow.wait().unwrap();
     }
 
     #[test]

@@ -27,6 +27,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use testkit::http::HttpError;
 use testkit::layout::{self, Layout, cfg_text};
+use testkit::wait::child_exit;
 
 pub use testkit::TempDir;
 pub use testkit::clock::log_time;
@@ -351,13 +352,8 @@ impl Rig {
     /// Waits for baton to exit; returns its status.
     pub fn wait_exit(&mut self) -> ExitStatus {
         let child = self.baton.as_mut().expect("baton started");
-        let mut status = None;
-        let ok = wait_until(PATIENCE, || {
-            status = child.try_wait().unwrap();
-            status.is_some()
-        });
-        assert!(ok, "baton did not exit\n{}", self.log());
-        status.unwrap()
+        let status = child_exit(child, PATIENCE, Duration::from_millis(10));
+        status.unwrap_or_else(|| panic!("baton did not exit\n{}", self.log()))
     }
 
     /// Processes whose parent is baton.

@@ -1,18 +1,6 @@
-//! A real systemd as PID 1 in a throwaway container, for end-to-end tests.
-//!
-//! Follows /work/shared/SYSTEMD-TESTING.md: `systemd-nspawn -D /
-//! --volatile=yes --boot --register=no --keep-unit` (the host's /usr, a
-//! tmpfs root, nothing to download), in a cgroup of its own (removed
-//! afterwards), stopped with SIGTERM to nspawn. Commands run inside with
-//! `nsenter -t PID1 -a`; HTTP clients are threads of the test process that
-//! joined the container's network namespace (`setns`), so they reach its
-//! loopback and see every error exactly (refused, reset, timeout).
-//!
-//! What goes inside is the caller's: a [`Boot`] names the machine, lends
-//! it a work dir (removed with the machine) and lists the binds (binaries,
-//! unit files, app dirs) and the network. [`cannot_boot`] says why this
-//! cannot work on a machine (not root, no systemd-nspawn, unknown cgroup
-//! layout), so that a test can skip instead.
+//! A booted container: started from a [`Boot`], commands run inside it,
+//! HTTP from inside its network namespace, and on drop halted, its cgroups
+//! and work dir removed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -24,119 +12,18 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::boot::{Boot, Cgroups, cgroups};
 use crate::TempDir;
-use crate::cmd::{stderr, stdout, which};
+use crate::cmd::{stderr, stdout};
 use crate::http::{self, HttpError, Reply, Timeouts};
 use crate::load::Clients;
 use crate::procs;
-use crate::wait::{poll, wait_for};
-
-/// How the container reaches the network.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Network {
-    /// `--private-network`: a loopback of its own and nothing else, so
-    /// the host's ports stay free and only the test reaches the container.
-    Private,
-}
-
-/// A host path made visible inside.
-#[derive(Debug, Clone)]
-pub struct Bind {
-    pub host: PathBuf,
-    pub inside: String,
-    pub read_only: bool,
-}
-
-/// How to boot one container.
-pub struct Boot {
-    /// The machine name (`--machine`), also its cgroup's name: at most 64
-    /// characters of [a-zA-Z0-9-] (see [`machine_name`]).
-    pub name: String,
-    /// Host directory for everything the test controls (binds usually
-    /// point into it); removed after the container is gone.
-    pub work: TempDir,
-    pub network: Network,
-    pub binds: Vec<Bind>,
-    /// More systemd-nspawn options, after the ones [`Boot::start`] always
-    /// gives.
-    pub nspawn_args: Vec<String>,
-    /// The container's kernel command line, i.e. options for its systemd.
-    pub kernel_args: Vec<String>,
-}
-
-/// `<prefix>-<tag>-<pid>` as a machine name: underscores made dashes,
-/// cut to 60 characters.
-pub fn machine_name(prefix: &str, tag: &str) -> String {
-    let name = format!("{prefix}-{}-{}", tag.replace('_', "-"), std::process::id());
-    name.chars().take(60).collect()
-}
+use crate::wait::{child_exit, poll, wait_for};
 
 impl Boot {
-    /// A private network, no binds, and a systemd that neither runs the
-    /// first-boot wizard nor starts the host's services
-    /// (`systemd.firstboot=off systemd.unit=basic.target`).
-    pub fn new(name: &str, work: TempDir) -> Boot {
-        Boot {
-            name: name.to_owned(),
-            work,
-            network: Network::Private,
-            binds: Vec::new(),
-            nspawn_args: Vec::new(),
-            kernel_args: vec![
-                "systemd.firstboot=off".into(),
-                "systemd.unit=basic.target".into(),
-            ],
-        }
-    }
-
-    /// `host` read-only at `inside`.
-    pub fn bind_ro(mut self, host: impl Into<PathBuf>, inside: &str) -> Boot {
-        self.binds.push(Bind {
-            host: host.into(),
-            inside: inside.to_owned(),
-            read_only: true,
-        });
-        self
-    }
-
-    /// `host` read-write at `inside`.
-    pub fn bind(mut self, host: impl Into<PathBuf>, inside: &str) -> Boot {
-        self.binds.push(Bind {
-            host: host.into(),
-            inside: inside.to_owned(),
-            read_only: false,
-        });
-        self
-    }
-
-    /// systemd-nspawn's arguments.
-    fn args(&self) -> Vec<String> {
-        let mut a: Vec<String> = ["-D", "/", "--volatile=yes", "--boot"]
-            .map(String::from)
-            .into();
-        match self.network {
-            Network::Private => a.push("--private-network".into()),
-        }
-        a.extend(
-            [
-                "--register=no",
-                "--keep-unit",
-                &format!("--machine={}", self.name),
-                "--console=read-only",
-            ]
-            .map(String::from),
-        );
-        for b in &self.binds {
-            let opt = if b.read_only { "--bind-ro" } else { "--bind" };
-            a.push(format!("{opt}={}:{}", b.host.display(), b.inside));
-        }
-        a.extend(self.nspawn_args.iter().cloned());
-        a.extend(self.kernel_args.iter().cloned());
-        a
-    }
-
     /// Boots the container and waits (60 s at most) until its systemd has
-    /// finished booting; panics if it cannot. Call [`cannot_boot`] first.
+    /// finished booting; panics if it cannot. Call
+    /// [`cannot_boot`](super::cannot_boot) first.
     pub fn start(self) -> Machine {
         let layout = cgroups().expect("unknown cgroup layout (see cannot_boot)");
         let cgroup_dirs: Vec<PathBuf> = match layout {
@@ -203,50 +90,6 @@ impl Boot {
     }
 }
 
-// ---- can it run here? ----
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Cgroups {
-    /// cgroup v1 controllers + name=systemd + cgroup2 at /unified.
-    Hybrid,
-    /// cgroup2 only, at /sys/fs/cgroup.
-    Unified,
-}
-
-fn cgroups() -> Option<Cgroups> {
-    let base = Path::new("/sys/fs/cgroup");
-    if base.join("systemd/cgroup.procs").exists() && base.join("unified/cgroup.procs").exists() {
-        Some(Cgroups::Hybrid)
-    } else if base.join("cgroup.controllers").exists() {
-        Some(Cgroups::Unified)
-    } else {
-        None
-    }
-}
-
-/// Why systemd-in-a-container cannot run here, if it cannot.
-pub fn cannot_boot() -> Option<String> {
-    if !nix::unistd::geteuid().is_root() {
-        return Some("not root (systemd-nspawn needs root)".into());
-    }
-    for prog in ["systemd-nspawn", "nsenter", "systemctl"] {
-        if which(prog).is_none() {
-            return Some(format!(
-                "{prog} is not installed (apt-get install systemd-container=$(dpkg-query -W -f='${{Version}}' systemd))"
-            ));
-        }
-    }
-    if !Path::new("/usr/lib/systemd/systemd").exists()
-        && !Path::new("/lib/systemd/systemd").exists()
-    {
-        return Some("no /usr/lib/systemd/systemd to boot".into());
-    }
-    if cgroups().is_none() {
-        return Some("unknown cgroup layout under /sys/fs/cgroup".into());
-    }
-    None
-}
-
 /// The child of nspawn that is PID 1 in its own pid namespace.
 fn container_init(nspawn: i32) -> Option<i32> {
     procs::children(nspawn).into_iter().find_map(|p| {
@@ -261,8 +104,6 @@ fn enter_netns(netns: &fs::File) {
     nix::sched::setns(netns, nix::sched::CloneFlags::CLONE_NEWNET)
         .unwrap_or_else(|e| panic!("setns: {e}"));
 }
-
-// ---- the machine ----
 
 /// A booted container; halted and cleaned up on drop (the journal and the
 /// console printed first if the test is failing).
@@ -372,10 +213,7 @@ impl Machine {
                if [ -e \"$d{cg}/cgroup.procs\" ]; then cat \"$d{cg}/cgroup.procs\"; exit 0; fi; \
              done"
         );
-        self.run(&["sh", "-c", &script])
-            .split_whitespace()
-            .filter_map(|p| p.parse().ok())
-            .collect()
+        self.pids(&script)
     }
 
     /// Which of `pids` still exist inside.
@@ -385,7 +223,12 @@ impl Machine {
             "for p in {}; do [ -e /proc/$p ] && echo $p; done; true",
             list.join(" ")
         );
-        self.run(&["sh", "-c", &script])
+        self.pids(&script)
+    }
+
+    /// The pids a shell script run inside prints.
+    fn pids(&self, script: &str) -> BTreeSet<i32> {
+        self.run(&["sh", "-c", script])
             .split_whitespace()
             .filter_map(|p| p.parse().ok())
             .collect()
@@ -500,16 +343,8 @@ impl Drop for Machine {
         // SIGTERM to nspawn halts the container cleanly; SIGKILL if it hangs.
         let pid = nix::unistd::Pid::from_raw(self.nspawn.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let nspawn = &mut self.nspawn;
-        let halted = poll(
-            Duration::from_secs(20),
-            Duration::from_millis(20),
-            || match nspawn.try_wait() {
-                Ok(None) => Err(()),
-                Ok(Some(_)) | Err(_) => Ok(()),
-            },
-        );
-        if halted.is_err() {
+        let every = Duration::from_millis(20);
+        if child_exit(&mut self.nspawn, Duration::from_secs(20), every).is_none() {
             let _ = self.nspawn.kill();
             let _ = self.nspawn.wait();
         }
@@ -530,32 +365,5 @@ fn collect_dirs(dir: &Path, out: &mut Vec<PathBuf>) {
                 collect_dirs(&e.path(), out);
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn nspawn_arguments() {
-        let work = TempDir::new("kit-nspawn");
-        let b = Boot::new("bt-x-1", work)
-            .bind_ro("/opt/a", "/opt/b")
-            .bind("/srv/x", "/srv/app");
-        let args = b.args();
-        let has = |s: &str| args.iter().any(|a| a == s);
-        assert!(has("--private-network") && has("--machine=bt-x-1") && has("--register=no"));
-        assert!(has("--bind-ro=/opt/a:/opt/b") && has("--bind=/srv/x:/srv/app"));
-        assert_eq!(
-            args[args.len() - 2..],
-            ["systemd.firstboot=off", "systemd.unit=basic.target"]
-        );
-    }
-
-    #[test]
-    fn machine_names_are_short_and_dashed() {
-        let n = machine_name("bt", &"a_b".repeat(40));
-        assert!(n.starts_with("bt-a-ba-b") && n.len() == 60, "{n}");
     }
 }
