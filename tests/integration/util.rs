@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use testkit::cmd::{stderr, stdout};
 use testkit::http::HttpError;
 use testkit::layout::{self, Layout, cfg_text};
 use testkit::wait::child_exit;
@@ -429,11 +430,7 @@ pub fn baton_cmd(args: &[&str]) -> (i32, String, String) {
         .env_remove("LISTEN_FDS")
         .output()
         .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    (out.status.code().unwrap_or(-1), stdout(&out), stderr(&out))
 }
 
 pub fn path_str(p: &Path) -> &str {
