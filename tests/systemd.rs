@@ -71,16 +71,16 @@ fn assert_no_failures(what: &str, t: &Tally) {
         "{what}: {} ok {:?}, {} failed, {} generation pid(s) answered",
         t.ok,
         t.by_release,
-        t.failures.len(),
+        t.errors.len(),
         t.pids.len()
     );
     assert!(
-        t.failures.is_empty(),
+        t.errors.is_empty(),
         "{what}: {} of {} requests failed ({} refused): {:#?}",
-        t.failures.len(),
-        t.ok + t.failures.len(),
+        t.errors.len(),
+        t.ok + t.failed,
         t.refused,
-        t.failures
+        t.errors
     );
     assert!(t.ok > 0, "{what}: no request succeeded: {t:?}");
 }
@@ -519,19 +519,19 @@ fn kill_9_of_baton_is_restarted_by_systemd_without_refusing_a_connection() {
     let t = load.stop();
     eprintln!(
         "kill -9: {} ok {:?}, failures {:?}",
-        t.ok, t.by_release, t.failures
+        t.ok, t.by_release, t.errors
     );
     assert_eq!(
         t.refused, 0,
         "connections refused while baton was down: {:#?}",
-        t.failures
+        t.errors
     );
     // Requests in flight in the generations systemd SIGKILLed may be cut
     // off; none may be refused, and the rest must succeed.
     assert!(
-        t.failures.len() <= 4,
+        t.errors.len() <= 4,
         "at most one cut-off request per client: {:#?}",
-        t.failures
+        t.errors
     );
     assert!(t.ok > 100, "{t:?}");
 }

@@ -2,8 +2,10 @@
 
 use std::collections::BTreeMap;
 use std::os::fd::RawFd;
-use std::path::PathBuf;
 use std::time::Duration;
+
+use testkit::layout::{self, Layout};
+use testkit::{clock, cmd};
 
 use crate::Ctx;
 use crate::logs::{self, Log};
@@ -12,45 +14,31 @@ use crate::sys::{self, Proc, SpawnOpts};
 /// `<dir>/release/` with `app.<name>` (a link to example-app) and
 /// `cfg.<name>` per release, and current.conf naming the first.
 pub struct AppDir {
-    pub conf: PathBuf,
+    pub layout: Layout,
 }
 
 impl AppDir {
     /// `releases`: (name, extra JSON fields for the example app's cfg).
     pub fn new(ctx: &Ctx, name: &str, releases: &[(&str, &str)]) -> std::io::Result<AppDir> {
-        let dir = ctx.tmp.join(name);
-        let rel = dir.join("release");
-        std::fs::create_dir_all(&rel)?;
+        let layout = Layout::create(ctx.tmp.join(name))?;
         for (r, extra) in releases {
-            let bin = rel.join(format!("app.{r}"));
-            let _ = std::fs::remove_file(&bin);
-            std::os::unix::fs::symlink(&ctx.app, &bin)?;
-            let sep = if extra.is_empty() { "" } else { ", " };
-            std::fs::write(
-                rel.join(format!("cfg.{r}")),
-                format!("{{\"release\": \"{r}\"{sep}{extra}}}\n"),
-            )?;
+            layout.release(r, &ctx.app, &layout::cfg_text(r, extra))?;
         }
-        let a = AppDir {
-            conf: rel.join("current.conf"),
-        };
-        std::fs::write(&a.conf, conf_text(releases[0].0))?;
-        Ok(a)
+        layout.point(releases[0].0)?;
+        Ok(AppDir { layout })
     }
 
     /// Replaces current.conf atomically (written beside it, then renamed,
     /// as `baton switch` does). The instant of the rename, µs since the epoch.
     pub fn switch(&self, release: &str) -> std::io::Result<i64> {
-        let tmp = self.conf.with_file_name(".current.conf.tmp");
-        std::fs::write(&tmp, conf_text(release))?;
-        let at = logs::now_us();
-        std::fs::rename(&tmp, &self.conf)?;
+        let mut at = 0;
+        let text = layout::conf_text(release);
+        layout::replace(&self.layout.conf, text.as_bytes(), |_| {
+            at = clock::now_us();
+            Ok(())
+        })?;
         Ok(at)
     }
-}
-
-fn conf_text(release: &str) -> String {
-    format!("{{\"bin.file\": \"app.{release}\", \"cfg.file\": \"cfg.{release}\"}}\n")
 }
 
 /// How often the bench looks at a log it waits on.
@@ -98,7 +86,7 @@ impl Baton {
     ) -> Result<Baton, String> {
         let mut args: Vec<String> = Vec::new();
         let prog = if realtime {
-            let chrt = sys::which("chrt").ok_or("chrt (util-linux) is not installed")?;
+            let chrt = cmd::which("chrt").ok_or("chrt (util-linux) is not installed")?;
             args.extend(["--fifo", "--reset-on-fork", "1"].map(String::from));
             args.push(ctx.baton.display().to_string());
             chrt
@@ -106,7 +94,7 @@ impl Baton {
             ctx.baton.clone()
         };
         args.extend(["run".to_string(), "--config".to_string()]);
-        args.push(app.conf.display().to_string());
+        args.push(app.layout.conf.display().to_string());
         let fds: &[RawFd] = match sockets {
             Sockets::Listen(addrs) => {
                 for a in addrs {
@@ -197,7 +185,7 @@ impl Drop for Baton {
     /// is still one of ours (its command line names this app dir).
     fn drop(&mut self) {
         self.stop();
-        let ours = self.app.conf.parent().map(|d| d.display().to_string());
+        let ours = self.app.layout.release_dir.display().to_string();
         for l in &self.log.lines {
             let Some(pid) = l
                 .msg
@@ -209,10 +197,7 @@ impl Drop for Baton {
                 continue;
             };
             let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            if ours
-                .as_deref()
-                .is_some_and(|d| String::from_utf8_lossy(&cmd).contains(d))
-            {
+            if String::from_utf8_lossy(&cmd).contains(&ours) {
                 // SAFETY: signalling a process group we checked is ours.
                 unsafe { libc::kill(-pid, libc::SIGKILL) };
             }

@@ -8,6 +8,9 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use testkit::layout;
+use testkit::wait::{child_exit, poll};
+
 use crate::Ctx;
 use crate::baton::Baton;
 use crate::logs::Log;
@@ -121,16 +124,9 @@ fn start_wrk(ctx: &Ctx, name: &str, port: u16, shape: Shape, secs: f64) -> Resul
 
 impl Wrk {
     fn finish(mut self) -> Result<WrkResult, String> {
-        let deadline = Instant::now() + Duration::from_secs_f64(self.secs + 20.0);
-        loop {
-            match self.child.0.try_wait() {
-                Ok(Some(_)) => break,
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(20))
-                }
-                _ => return Err("wrk did not finish in time".into()),
-            }
-        }
+        let limit = Duration::from_secs_f64(self.secs + 20.0);
+        child_exit(&mut self.child.0, limit, Duration::from_millis(20))
+            .ok_or("wrk did not finish in time")?;
         let text = std::fs::read_to_string(&self.json)
             .map_err(|e| format!("wrk wrote no summary ({e})"))?;
         let json = serde_json::from_str(&text).map_err(|e| format!("wrk summary: {e}"))?;
@@ -252,7 +248,7 @@ impl PlainDeploy {
         let mut cfgs = Vec::new();
         for r in ["a", "b"] {
             let p = dir.join(format!("cfg.{r}"));
-            std::fs::write(&p, format!("{{\"release\": \"{r}\"}}\n")).map_err(|e| e.to_string())?;
+            std::fs::write(&p, layout::cfg_text(r, "")).map_err(|e| e.to_string())?;
             cfgs.push(p);
         }
         let addr = SocketAddrV4::new([127, 0, 0, 1].into(), port);
@@ -302,19 +298,12 @@ impl Deployer for PlainDeploy {
         self.stop();
         if self.rebind {
             self.sock = None;
-            let deadline = Instant::now() + Duration::from_secs(2);
-            loop {
-                match sys::listen_tcp(self.addr) {
-                    Ok(s) => {
-                        self.sock = Some(s);
-                        break;
-                    }
-                    Err(e) if Instant::now() > deadline => {
-                        return Err(format!("binding {} again: {e}", self.addr));
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(1)),
-                }
-            }
+            let addr = self.addr;
+            let sock = poll(Duration::from_secs(2), Duration::from_millis(1), || {
+                sys::listen_tcp(addr)
+            })
+            .map_err(|e| format!("binding {addr} again: {e}"))?;
+            self.sock = Some(sock);
         }
         self.spawn((i + 1) % 2)
     }
@@ -393,31 +382,20 @@ impl Gunicorn {
             )
             .ok_or_else(|| format!("gunicorn booted {booted} of {n} workers in 10 s"))?;
         let path = format!("/proc/{0}/task/{0}/children", self.pid());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
+        poll(Duration::from_secs(10), Duration::from_millis(2), || {
             let kids = std::fs::read_to_string(&path)
                 .map(|s| s.split_whitespace().count())
                 .unwrap_or(0);
-            if kids == n {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err(format!("gunicorn still has {kids} workers after 10 s"));
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
+            if kids == n { Ok(()) } else { Err(kids) }
+        })
+        .map_err(|kids| format!("gunicorn still has {kids} workers after 10 s"))
     }
 
     pub fn stop(&mut self) {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.pid(), libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(40);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.master.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let every = Duration::from_millis(10);
+        child_exit(&mut self.master.0, Duration::from_secs(40), every);
     }
 }
 

@@ -10,7 +10,9 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Read;
 use std::path::Path;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+
+use testkit::clock;
 
 use crate::stats::Summary;
 
@@ -93,70 +95,25 @@ impl Log {
 }
 
 pub fn parse_line(s: &str) -> Line {
-    let whole = || Line {
-        ts: 0,
-        msg: s.to_owned(),
-    };
     // Another process's unbuffered output may precede baton's line (its
     // writes are not whole lines); baton writes each line at once.
-    let Some(at) = s.find("Z baton[").filter(|&i| i >= 26) else {
-        return whole();
-    };
-    let s = &s[at - 26..];
-    let Some((ts, rest)) = s.split_once(' ') else {
-        return whole();
-    };
-    let Some(ts) = parse_rfc3339(ts) else {
-        return whole();
-    };
-    // "baton[123] DEBUG message"
-    let Some(rest) = rest.strip_prefix("baton[").and_then(|r| r.split_once("] ")) else {
-        return whole();
-    };
-    let msg = rest
-        .1
-        .trim_start()
-        .split_once(' ')
-        .map(|(_, m)| m.trim_start())
-        .unwrap_or("");
-    Line {
-        ts,
-        msg: msg.to_owned(),
-    }
-}
-
-/// `2026-11-24T21:10:01.058836Z` -> µs since the epoch.
-pub fn parse_rfc3339(s: &str) -> Option<i64> {
-    let s = s.strip_suffix('Z')?;
-    let (date, time) = s.split_once('T')?;
-    let mut d = date.split('-').map(|p| p.parse::<i64>());
-    let (y, mo, da) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
-    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
-    let mut t = hms.split(':').map(|p| p.parse::<i64>());
-    let (h, mi, se) = (t.next()?.ok()?, t.next()?.ok()?, t.next()?.ok()?);
-    let mut us = 0i64;
-    for (i, c) in frac.chars().take(6).enumerate() {
-        us += c.to_digit(10)? as i64 * 10i64.pow(5 - i as u32);
-    }
-    let days = days_from_civil(y, mo, da);
-    Some((((days * 24 + h) * 60 + mi) * 60 + se) * 1_000_000 + us)
-}
-
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-pub fn now_us() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
+    let parsed = clock::log_stamp(s).and_then(|(ts, rest)| {
+        // "baton[123] DEBUG message"
+        let (_, rest) = rest.strip_prefix("baton[")?.split_once("] ")?;
+        let msg = rest
+            .trim_start()
+            .split_once(' ')
+            .map(|(_, m)| m.trim_start())
+            .unwrap_or("");
+        Some(Line {
+            ts,
+            msg: msg.to_owned(),
+        })
+    });
+    parsed.unwrap_or_else(|| Line {
+        ts: 0,
+        msg: s.to_owned(),
+    })
 }
 
 /// `generation N (` at the start of a message: N.
@@ -320,15 +277,6 @@ impl Split {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn timestamps() {
-        assert_eq!(parse_rfc3339("1970-01-01T00:00:00.000001Z"), Some(1));
-        assert_eq!(
-            parse_rfc3339("2026-11-24T21:10:01.058836Z"),
-            Some(1_795_554_601_058_836)
-        );
-    }
 
     #[test]
     fn lines() {

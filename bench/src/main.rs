@@ -22,6 +22,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use testkit::{TempDir, clock, cmd};
 
 use crate::baton::{AppDir, Baton, Sockets};
 use crate::load::{Plan, Shape};
@@ -138,7 +139,7 @@ fn run_ok(cmd: &mut Command) -> bool {
 
 /// The command that runs gunicorn: `gunicorn`, else `python3 -m gunicorn`.
 fn gunicorn_cmd() -> Option<Vec<String>> {
-    if let Some(p) = sys::which("gunicorn")
+    if let Some(p) = cmd::which("gunicorn")
         && run_ok(
             Command::new(&p)
                 .arg("--version")
@@ -174,11 +175,11 @@ fn nix_is_root() -> bool {
 }
 
 fn tools(args: &Args) -> Result<(PathBuf, Option<Vec<String>>), String> {
-    if sys::which("wrk").is_none() && args.install {
+    if cmd::which("wrk").is_none() && args.install {
         eprintln!("installing wrk (apt-get install wrk)");
         apt_install("wrk");
     }
-    let wrk = sys::which("wrk").ok_or(
+    let wrk = cmd::which("wrk").ok_or(
         "wrk is not installed: run bench/run (which installs it), or `apt-get install wrk`",
     )?;
     if gunicorn_cmd().is_none() && args.install {
@@ -292,10 +293,10 @@ fn real_main(args: &Args) -> Result<(), String> {
     let results = root.join("bench/results");
     let logs_dir = results.join("logs");
     std::fs::create_dir_all(&logs_dir).map_err(|e| format!("{}: {e}", logs_dir.display()))?;
-    let tmp = std::env::temp_dir().join(format!("baton-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&tmp).map_err(|e| e.to_string())?;
-    let _cleanup = RemoveOnDrop(tmp.clone());
-    sys::stop_children_on_signal(tmp.clone());
+    // Removed when the bench returns (on a signal, by the handler).
+    let tmp = TempDir::at(std::env::temp_dir().join(format!("baton-bench-{}", std::process::id())))
+        .map_err(|e| e.to_string())?;
+    sys::stop_children_on_signal(tmp.0.clone());
     let ctx = Ctx {
         // BENCH_BATON: measure another build of baton (the example app stays).
         baton: std::env::var_os("BENCH_BATON")
@@ -303,7 +304,7 @@ fn real_main(args: &Args) -> Result<(), String> {
             .unwrap_or_else(|| bin.join("baton")),
         app: bin.join("example-app"),
         wrk,
-        tmp,
+        tmp: tmp.0.clone(),
         logs: logs_dir,
     };
     let want = |p: &str| args.only.as_ref().is_none_or(|o| o.iter().any(|x| x == p));
@@ -311,7 +312,7 @@ fn real_main(args: &Args) -> Result<(), String> {
     let mut report = json!({
         "command": format!("bench/run{}", std::env::args().skip(1).filter(|a| a != "--install").map(|a| format!(" {a}")).collect::<String>()),
         "quick": q,
-        "started_at": logs::now_us() / 1_000_000,
+        "started_at": clock::now_us() / 1_000_000,
         "machine": machine(&ctx.wrk, &gunicorn, &root),
     });
     let shape = Shape {
@@ -744,14 +745,6 @@ fn real_main(args: &Args) -> Result<(), String> {
     );
     println!("\nwrote {}", out.display());
     Ok(())
-}
-
-struct RemoveOnDrop(PathBuf);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// A row of the split table: label, the step, the floor's figure for it.

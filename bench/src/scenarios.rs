@@ -2,17 +2,28 @@
 //! a burst of edits, 64 sockets.
 
 use std::collections::BTreeSet;
-use std::net::SocketAddrV4;
+use std::net::{SocketAddr, SocketAddrV4};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use testkit::http::{self, HttpError, Timeouts};
+use testkit::layout;
 
 use crate::baton::{self, AppDir, Baton, Sockets};
 use crate::logs::{self, Split};
 use crate::stats::Summary;
 use crate::sys::{self, Notify, SpawnOpts};
 use crate::{Ctx, ports};
+
+/// One GET to 127.0.0.1:`port`: a reply must come within seconds.
+fn get(port: u16, path: &str) -> Result<(u16, String), HttpError> {
+    let t = Timeouts {
+        connect: Some(Duration::from_secs(2)),
+        io: Duration::from_secs(5),
+    };
+    http::get(SocketAddr::from(([127, 0, 0, 1], port)), path, t).map(|r| (r.status, r.body))
+}
 
 fn sleep_until(t: Instant) {
     let now = Instant::now();
@@ -44,7 +55,7 @@ impl FloorRig {
         let dir = ctx.tmp.join("floor");
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         let cfg = dir.join("cfg.a");
-        std::fs::write(&cfg, "{\"release\": \"a\"}\n").map_err(|e| e.to_string())?;
+        std::fs::write(&cfg, layout::cfg_text("a", "")).map_err(|e| e.to_string())?;
         let addr = SocketAddrV4::new([127, 0, 0, 1].into(), ports::FLOOR);
         Ok(FloorRig {
             args: vec!["-c".to_string(), cfg.display().to_string()],
@@ -207,7 +218,7 @@ pub fn churn(ctx: &Ctx, rollouts: usize, idle: Duration, realtime: bool) -> Resu
         std::thread::sleep(idle);
     }
     let idle_end = snap()?;
-    let serving_after = sys::http_get(ports::CHURN, "/")
+    let serving_after = get(ports::CHURN, "/")
         .map(|(c, body)| format!("{c} {}", body.trim()))
         .unwrap_or_else(|e| format!("GET / failed: {e}"));
     b.stop();
@@ -275,7 +286,7 @@ pub fn burst(ctx: &Ctx, edits: usize, over: Duration) -> Result<Value, String> {
         .iter()
         .filter(|l| l.msg.contains(" changed ("))
         .count();
-    let serving = sys::http_get(ports::BURST, "/")
+    let serving = get(ports::BURST, "/")
         .map(|(c, body)| format!("{c} {}", body.trim()))
         .unwrap_or_else(|e| format!("GET / failed: {e}"));
     b.stop();
@@ -307,12 +318,12 @@ pub fn sockets(ctx: &Ctx, n: u16, rollouts: usize) -> Result<Value, String> {
     let all_answer = |rel: &str| -> usize {
         (0..n)
             .filter(|i| {
-                sys::http_get(ports::MANY + i, "/")
+                get(ports::MANY + i, "/")
                     .is_ok_and(|(c, body)| c == 200 && body.starts_with(&format!("release {rel} ")))
             })
             .count()
     };
-    let info: Value = sys::http_get(ports::MANY, "/info")
+    let info: Value = get(ports::MANY, "/info")
         .ok()
         .and_then(|(_, body)| serde_json::from_str(&body).ok())
         .unwrap_or(Value::Null);

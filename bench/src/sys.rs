@@ -8,14 +8,17 @@
 //! baton with. Every child is held as a [`Proc`] with a pidfd, so waiting
 //! for it has no polling delay and dropping it kills and reaps it.
 
-use std::ffi::{CString, OsString};
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, SocketAddrV4, TcpStream};
+use std::ffi::CString;
+use std::io::{self, Read};
+use std::net::SocketAddrV4;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::time::{Duration, Instant};
+
+use testkit::procs;
+use testkit::wait::poll;
 
 /// Every child the bench started and has not reaped: what an interrupted
 /// bench must stop before it exits.
@@ -78,14 +81,12 @@ pub fn stop_children_on_signal(tmp: std::path::PathBuf) {
         }
         let deadline = Instant::now() + Duration::from_secs(5);
         for &p in &pids {
-            loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let _ = poll(left, Duration::from_millis(20), || {
                 // SAFETY: reaping our own child; WNOHANG.
                 let r = unsafe { libc::waitpid(p, std::ptr::null_mut(), libc::WNOHANG) };
-                if r != 0 || Instant::now() > deadline {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
+                if r != 0 { Ok(()) } else { Err(()) }
+            });
             // SAFETY: as above; harmless if it is gone.
             unsafe { libc::kill(p, libc::SIGKILL) };
         }
@@ -482,27 +483,6 @@ impl Drop for Notify {
     }
 }
 
-/// One GET with `Connection: close`: (status code, body).
-pub fn http_get(port: u16, path: &str) -> io::Result<(u16, String)> {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut out = Vec::new();
-    s.read_to_end(&mut out)?;
-    let text = String::from_utf8_lossy(&out);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    Ok((code, body.to_owned()))
-}
-
 /// What /proc says about one process at one instant.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
@@ -529,20 +509,13 @@ impl Snapshot {
 }
 
 pub fn snapshot(pid: i32) -> io::Result<Snapshot> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let field = |k: &str| -> u64 {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(k))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
+    let status = procs::status(pid)?;
+    let field = |k: &str| status.num(k);
     let mut s = Snapshot {
-        rss_kib: field("VmRSS:"),
-        hwm_kib: field("VmHWM:"),
-        threads: field("Threads:"),
-        ctx_switches: field("voluntary_ctxt_switches:") + field("nonvoluntary_ctxt_switches:"),
+        rss_kib: field("VmRSS"),
+        hwm_kib: field("VmHWM"),
+        threads: field("Threads"),
+        ctx_switches: field("voluntary_ctxt_switches") + field("nonvoluntary_ctxt_switches"),
         ..Snapshot::default()
     };
     s.fds = std::fs::read_dir(format!("/proc/{pid}/fd"))?.count() as u64;
@@ -551,46 +524,11 @@ pub fn snapshot(pid: i32) -> io::Result<Snapshot> {
         .next()
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
-    for (_, ppid, state) in processes() {
-        if ppid == pid {
-            s.children += 1;
-            if state == 'Z' {
-                s.zombies += 1;
-            }
+    for p in procs::children(pid) {
+        s.children += 1;
+        if p.state == 'Z' {
+            s.zombies += 1;
         }
     }
     Ok(s)
-}
-
-/// Every process as (pid, ppid, state).
-pub fn processes() -> Vec<(i32, i32, char)> {
-    let mut out = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for e in dir.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // "pid (comm) S ppid ...": comm may hold spaces and parentheses.
-        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
-            continue;
-        };
-        let mut it = rest.split_whitespace();
-        let state = it.next().and_then(|s| s.chars().next()).unwrap_or('?');
-        let ppid = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-        out.push((pid, ppid, state));
-    }
-    out
-}
-
-/// `name` on PATH.
-pub fn which(name: &str) -> Option<std::path::PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_else(|| OsString::from("/usr/bin:/bin"));
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
 }

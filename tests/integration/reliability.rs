@@ -125,7 +125,7 @@ fn soak_a_release_that_survives_retires_the_old_one_only_after_the_soak() {
     let report = load.stop();
     assert_eq!(report.failed, 0, "{:?}", report.errors);
     assert!(
-        report.releases.contains("1.0") && report.releases.contains("2.0"),
+        report.by_release.contains_key("1.0") && report.by_release.contains_key("2.0"),
         "{report:?}"
     );
 }

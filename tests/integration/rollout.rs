@@ -48,8 +48,8 @@ fn rolls_forward_and_back_under_load_without_a_failed_request() {
     assert!(report.ok > 100, "the load ran: {report:?}");
     assert_eq!(
         report
-            .releases
-            .iter()
+            .by_release
+            .keys()
             .map(String::as_str)
             .collect::<Vec<_>>(),
         ["1.0", "2.0"]

@@ -5,63 +5,43 @@
 //! client and a load generator. Every wait polls a condition with a deadline;
 //! on timeout the test fails with baton's log attached. Dropping a [`Rig`]
 //! kills whatever it started.
+//!
+//! What is not about baton's own process (temp dirs, waiting, HTTP, the
+//! load, the release layout, /proc, log timestamps) comes from testkit/,
+//! shared with tests/systemd.rs and bench/; it is re-exported here so that
+//! every test reads `use crate::util::*`.
 
 #![allow(dead_code)]
 
-use std::collections::BTreeSet;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixDatagram;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Mutex;
+use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use testkit::cmd::{stderr, stdout};
+use testkit::http::HttpError;
+use testkit::layout::{self, Layout, cfg_text};
+use testkit::wait::child_exit;
+
+pub use testkit::TempDir;
+pub use testkit::clock::log_time;
+pub use testkit::http::release_pid as parse_hello;
+pub use testkit::load::Load;
+pub use testkit::procs::{Proc, alive, descendants, fd_count, procs, status_num};
+pub use testkit::wait::wait_until;
 
 pub const BATON: &str = env!("CARGO_BIN_EXE_baton");
 pub const APP: &str = env!("CARGO_BIN_EXE_example-app");
 
 /// Default patience for anything a test waits on.
 pub const PATIENCE: Duration = Duration::from_secs(20);
-
-/// A fresh directory under the system temp dir, removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
-        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = N.fetch_add(1, Ordering::SeqCst);
-        let p = std::env::temp_dir().join(format!("baton-test-{tag}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Polls `cond` until it holds or `timeout` passes.
-pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= end {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
 
 pub struct Rig {
     pub tmp: TempDir,
@@ -90,10 +70,12 @@ pub struct Rig {
 impl Rig {
     pub fn new(tag: &str) -> Rig {
         let tmp = TempDir::new(tag);
-        let app_dir = tmp.0.join("app");
-        let release_dir = app_dir.join("release");
-        let runtime_dir = tmp.0.join("run");
-        std::fs::create_dir_all(&release_dir).unwrap();
+        let Layout {
+            app_dir,
+            release_dir,
+            conf,
+        } = Layout::create(tmp.join("app")).unwrap();
+        let runtime_dir = tmp.join("run");
         std::fs::create_dir_all(&runtime_dir).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -101,7 +83,7 @@ impl Rig {
         let systemd = UnixDatagram::bind(&systemd_path).unwrap();
         systemd.set_nonblocking(true).unwrap();
         Rig {
-            conf: release_dir.join("current.conf"),
+            conf,
             log_path: tmp.0.join("baton.log"),
             tmp,
             app_dir,
@@ -119,33 +101,28 @@ impl Rig {
         }
     }
 
+    /// The release layout under the app dir.
+    fn layout(&self) -> Layout {
+        Layout::new(&self.app_dir)
+    }
+
     /// Writes release `v`: `app.v` (a link to the example app) and `cfg.v`
     /// with `{"release": v}` plus `knobs` (a JSON object body, may be empty).
     pub fn release(&self, v: &str, knobs: &str) {
-        let bin = self.release_dir.join(format!("app.{v}"));
-        let _ = std::fs::remove_file(&bin);
-        std::os::unix::fs::symlink(APP, &bin).unwrap();
-        let sep = if knobs.trim().is_empty() { "" } else { ", " };
-        std::fs::write(
-            self.release_dir.join(format!("cfg.{v}")),
-            format!("{{\"release\": \"{v}\"{sep}{knobs}}}"),
-        )
-        .unwrap();
+        self.layout()
+            .release(v, Path::new(APP), &cfg_text(v, knobs))
+            .unwrap();
     }
 
     /// Replaces current.conf with `text` the way deploy scripts do: write
     /// beside it, then rename into place.
     pub fn write_conf(&self, text: &str) {
-        let tmp = self.release_dir.join(".current.conf.tmp");
-        std::fs::write(&tmp, text).unwrap();
-        std::fs::rename(&tmp, &self.conf).unwrap();
+        self.layout().write_conf(text.as_bytes()).unwrap();
     }
 
     /// Points current.conf at release `v`.
     pub fn point(&self, v: &str) {
-        self.write_conf(&format!(
-            "{{\"bin.file\": \"app.{v}\", \"cfg.file\": \"cfg.{v}\"}}\n"
-        ));
+        self.layout().point(v).unwrap();
     }
 
     pub fn start(&mut self, args: &[&str]) {
@@ -288,7 +265,7 @@ impl Rig {
         });
     }
 
-    pub fn get(&self, path: &str) -> std::io::Result<(u16, String)> {
+    pub fn get(&self, path: &str) -> Result<(u16, String), HttpError> {
         http_get(self.port, path)
     }
 
@@ -376,21 +353,13 @@ impl Rig {
     /// Waits for baton to exit; returns its status.
     pub fn wait_exit(&mut self) -> ExitStatus {
         let child = self.baton.as_mut().expect("baton started");
-        let mut status = None;
-        let ok = wait_until(PATIENCE, || {
-            status = child.try_wait().unwrap();
-            status.is_some()
-        });
-        assert!(ok, "baton did not exit\n{}", self.log());
-        status.unwrap()
+        let status = child_exit(child, PATIENCE, Duration::from_millis(10));
+        status.unwrap_or_else(|| panic!("baton did not exit\n{}", self.log()))
     }
 
     /// Processes whose parent is baton.
     pub fn children(&self) -> Vec<Proc> {
-        procs()
-            .into_iter()
-            .filter(|p| p.ppid == self.baton_pid())
-            .collect()
+        testkit::procs::children(self.baton_pid())
     }
 
     /// Asserts baton has no zombie child and exactly `n` live children.
@@ -443,168 +412,15 @@ pub fn serving(tag: &str, one: &str, two: &str, args: &[&str]) -> (Rig, i32) {
     (rig, pid)
 }
 
-#[derive(Debug, Clone)]
-pub struct Proc {
-    pub pid: i32,
-    pub ppid: i32,
-    pub pgid: i32,
-    pub state: char,
+/// One HTTP/1.1 request to 127.0.0.1:`port` on a fresh connection
+/// (Connection: close): (status, body).
+pub fn http_get(port: u16, path: &str) -> Result<(u16, String), HttpError> {
+    testkit::http::get_local(port, path).map(|r| (r.status, r.body))
 }
 
-/// Every process, from /proc.
-pub fn procs() -> Vec<Proc> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // pid (comm) state ppid pgrp ...; comm may contain spaces.
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-            continue;
-        };
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        if f.len() < 3 {
-            continue;
-        }
-        out.push(Proc {
-            pid,
-            state: f[0].chars().next().unwrap_or('?'),
-            ppid: f[1].parse().unwrap_or(0),
-            pgid: f[2].parse().unwrap_or(0),
-        });
-    }
-    out
-}
-
-pub fn descendants(pid: i32) -> Vec<i32> {
-    let all = procs();
-    let mut out = Vec::new();
-    let mut frontier = vec![pid];
-    while let Some(p) = frontier.pop() {
-        for c in all.iter().filter(|c| c.ppid == p) {
-            out.push(c.pid);
-            frontier.push(c.pid);
-        }
-    }
-    out
-}
-
-/// True while `pid` exists (zombies included).
-pub fn alive(pid: i32) -> bool {
-    kill(Pid::from_raw(pid), None).is_ok()
-}
-
-pub fn parse_hello(body: &str) -> Option<(String, i32)> {
-    // "release 2.0 pid 1234"
-    let mut w = body.split_whitespace();
-    match (w.next(), w.next(), w.next(), w.next()) {
-        (Some("release"), Some(r), Some("pid"), Some(p)) => Some((r.to_owned(), p.parse().ok()?)),
-        _ => None,
-    }
-}
-
-/// One HTTP/1.1 request on a fresh connection (Connection: close).
-pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf)?;
-    parse_response(&buf)
-}
-
-pub fn parse_response(buf: &[u8]) -> std::io::Result<(u16, String)> {
-    let text = String::from_utf8_lossy(buf);
-    let bad = || {
-        std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("bad response: {text:?}"),
-        )
-    };
-    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(bad)?;
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(bad)?;
-    Ok((code, body.to_owned()))
-}
-
-/// What a load run saw.
-#[derive(Debug, Default, Clone)]
-pub struct LoadReport {
-    pub ok: u64,
-    pub failed: u64,
-    pub errors: Vec<String>,
-    pub releases: BTreeSet<String>,
-}
-
-/// Client threads doing `GET /` on fresh connections until stopped (or a
-/// safety limit of 120 s), counting every failure: refused, reset, short
-/// read, non-200.
-pub struct Load {
-    stop: Arc<AtomicBool>,
-    threads: Vec<std::thread::JoinHandle<LoadReport>>,
-}
-
-impl Load {
-    pub fn start(port: u16, threads: usize) -> Load {
-        Load::start_for(port, threads, Duration::from_secs(120))
-    }
-
-    /// As [`Load::start`], with a different safety limit (the soak test
-    /// runs for longer than 120 s).
-    pub fn start_for(port: u16, threads: usize, limit: Duration) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let threads = (0..threads)
-            .map(|_| {
-                let stop = stop.clone();
-                std::thread::spawn(move || {
-                    let mut r = LoadReport::default();
-                    let end = Instant::now() + limit;
-                    while !stop.load(Ordering::SeqCst) && Instant::now() < end {
-                        match http_get(port, "/") {
-                            Ok((200, body)) => {
-                                r.ok += 1;
-                                if let Some((rel, _)) = parse_hello(&body) {
-                                    r.releases.insert(rel);
-                                }
-                            }
-                            Ok((code, body)) => {
-                                r.failed += 1;
-                                r.errors.push(format!("HTTP {code}: {body}"));
-                            }
-                            Err(e) => {
-                                r.failed += 1;
-                                r.errors.push(e.to_string());
-                            }
-                        }
-                    }
-                    r
-                })
-            })
-            .collect();
-        Load { stop, threads }
-    }
-
-    pub fn stop(self) -> LoadReport {
-        self.stop.store(true, Ordering::SeqCst);
-        let mut total = LoadReport::default();
-        for t in self.threads {
-            let r = t.join().unwrap();
-            total.ok += r.ok;
-            total.failed += r.failed;
-            total.errors.extend(r.errors);
-            total.releases.extend(r.releases);
-        }
-        total
-    }
+/// A whole HTTP/1.1 reply: (status, body).
+pub fn parse_response(buf: &[u8]) -> Result<(u16, String), HttpError> {
+    testkit::http::parse(buf).map(|r| (r.status, r.body))
 }
 
 /// Runs the baton binary with `args` to completion; (status, stdout, stderr).
@@ -614,11 +430,7 @@ pub fn baton_cmd(args: &[&str]) -> (i32, String, String) {
         .env_remove("LISTEN_FDS")
         .output()
         .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    (out.status.code().unwrap_or(-1), stdout(&out), stderr(&out))
 }
 
 pub fn path_str(p: &Path) -> &str {
@@ -630,10 +442,11 @@ impl Rig {
     /// is renamed into place (chmod, chown: baton must never see the file
     /// before it is ready).
     pub fn write_conf_prepared(&self, text: &[u8], prepare: impl FnOnce(&Path)) {
-        let tmp = self.release_dir.join(".current.conf.tmp");
-        std::fs::write(&tmp, text).unwrap();
-        prepare(&tmp);
-        std::fs::rename(&tmp, &self.conf).unwrap();
+        layout::replace(&self.conf, text, |tmp| {
+            prepare(tmp);
+            Ok(())
+        })
+        .unwrap();
     }
 
     /// As [`Rig::wait_live`], for a generation other than the one in
@@ -690,54 +503,6 @@ impl Rig {
         );
         line
     }
-}
-
-/// How many fds process `pid` has open.
-pub fn fd_count(pid: i32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
-}
-
-/// A numeric field of /proc/PID/status: VmRSS and VmHWM (in KiB), TracerPid.
-pub fn status_num(pid: i32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
-/// Seconds since the epoch of baton's RFC 3339 timestamp in a log line
-/// (`2025-11-24T21:15:10.123456Z baton[PID] ...`, env_logger's micro
-/// format). The apps share the log file and their lines may be cut in two
-/// by one of baton's, so the timestamp is found by what follows it.
-pub fn log_time(line: &str) -> f64 {
-    let end = line
-        .find("Z baton[")
-        .unwrap_or_else(|| panic!("no timestamp in {line:?}"));
-    let ts = line.get(end.saturating_sub(26)..=end).unwrap_or("");
-    let num = |r: std::ops::Range<usize>| -> i64 {
-        ts.get(r)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("no timestamp in {line:?}"))
-    };
-    let (y, m, d) = (num(0..4), num(5..7), num(8..10));
-    // Days from civil (Howard Hinnant's algorithm).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let secs = days * 86_400 + num(11..13) * 3600 + num(14..16) * 60 + num(17..19);
-    let frac: f64 = ts
-        .get(19..ts.len() - 1)
-        .and_then(|f| format!("0{f}").parse().ok())
-        .unwrap_or(0.0);
-    secs as f64 + frac
 }
 
 /// A process in someone else's process group (a generation's), standing in
