@@ -22,6 +22,8 @@ Commands:
   status    show what serves, and the last rollout
   switch    point current.conf at another release (optionally wait for it)
   releases  list the releases beside current.conf, marking the serving one
+  upgrade   make the running baton re-execute its binary in place (after a
+            package upgrade): same pid, sockets and generations
 
 Run 'baton <COMMAND> --help' for the options of each command.
 
@@ -141,6 +143,31 @@ Example:
   baton releases --config ~/app/release/current.conf
 ";
 
+pub const UPGRADE_HELP: &str = "\
+baton upgrade: make the running baton re-execute its binary in place
+
+After a new baton binary was installed at the path baton was started from
+(a package upgrade), the running baton runs it in place: same pid (systemd's
+MainPID), same listening sockets, every generation kept serving, every
+deadline and the rollout in progress carried over. No request is dropped
+and no app restarts. The new binary is first asked whether it can take over
+(`baton handover-check`); if it is missing, not executable, crashes or
+refuses, the running baton carries on unchanged and the upgrade fails with
+the reason. Sending SIGUSR2 to baton does the same without waiting.
+
+Usage: baton upgrade --config PATH [--app-dir DIR] [--wait[=SPAN]]
+
+Options:
+  --config PATH   current.conf of the running baton (required)
+  --app-dir DIR   as given to `baton run` [default: parent of current.conf's directory]
+  --wait[=SPAN]   wait until the new image serves (exit 0) or the upgrade
+                  fails (exit 1) [default SPAN: 120s]
+  -h, --help      show this help
+
+Example:
+  apt-get install ./baton_0.2.0_amd64.deb && baton upgrade --config /srv/app/release/current.conf --wait
+";
+
 /// What `baton run` was asked to do.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunArgs {
@@ -180,6 +207,13 @@ pub enum Command {
     Releases {
         target: Target,
     },
+    Upgrade {
+        target: Target,
+        wait: Option<Duration>,
+    },
+    /// Internal, run by a baton that is about to upgrade: can this binary
+    /// adopt the handover on stdin?
+    HandoverCheck,
     /// Print this text to stdout and exit 0.
     Help(&'static str),
     Version,
@@ -237,6 +271,11 @@ pub fn parse(args: &[String]) -> Result<Command, UsageError> {
         "releases" => client(rest, RELEASES_HELP, |c| Command::Releases {
             target: c.target,
         }),
+        "upgrade" => client(rest, UPGRADE_HELP, |c| Command::Upgrade {
+            target: c.target,
+            wait: c.wait,
+        }),
+        "handover-check" if rest.is_empty() => Ok(Command::HandoverCheck),
         other if other.starts_with('-') => Err(usage(format!(
             "unknown option '{other}' before the command; try 'baton --help'"
         ))),
@@ -380,6 +419,7 @@ fn parse_client_args(
         "reload" => "reload",
         "status" => "status",
         "switch" => "switch",
+        "upgrade" => "upgrade",
         _ => "releases",
     };
     let mut a = Args {
@@ -407,7 +447,7 @@ fn parse_client_args(
                 c.json = true;
             }
             "--timeout" if command == "reload" => c.timeout = Some(a.span(flag, inline)?),
-            "--wait" if command == "switch" => {
+            "--wait" if command == "switch" || command == "upgrade" => {
                 c.wait = Some(match inline {
                     Some(_) => a.span(flag, inline)?,
                     None => DEFAULT_WAIT,

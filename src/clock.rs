@@ -104,6 +104,20 @@ mod tests {
     }
 
     #[test]
+    fn instants_survive_the_round_trip_through_the_monotonic_clock() {
+        let now = Instant::now();
+        for t in [
+            now,
+            now + Duration::from_secs(30),
+            now.checked_sub(Duration::from_millis(1500)).unwrap(),
+        ] {
+            let back = mono::from_raw(mono::to_raw(t));
+            let diff = if back > t { back - t } else { t - back };
+            assert!(diff < Duration::from_millis(5), "{diff:?}");
+        }
+    }
+
+    #[test]
     fn log_timestamps() {
         let t = SystemTime::UNIX_EPOCH + Duration::from_micros(1_700_000_000_000_042);
         assert_eq!(rfc3339_micros(t), "2023-11-14T22:13:20.000042Z");
@@ -111,5 +125,69 @@ mod tests {
             rfc3339_micros(SystemTime::UNIX_EPOCH + Duration::from_secs(951_868_799)),
             "2000-02-29T23:59:59.000000Z"
         );
+    }
+}
+
+/// [`Instant`]s in a form that survives an exec of baton into a new image
+/// (`baton upgrade`): nanoseconds on CLOCK_MONOTONIC, which `Instant` reads
+/// on Linux and which does not restart with the process. For
+/// `#[serde(with = "crate::clock::mono")]`.
+pub mod mono {
+    use std::time::{Duration, Instant};
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    fn raw_now() -> u64 {
+        let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+            .expect("CLOCK_MONOTONIC is always there");
+        t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+    }
+
+    fn nanos(d: Duration) -> u64 {
+        d.as_nanos().min(u64::MAX as u128) as u64
+    }
+
+    /// `t` as nanoseconds on CLOCK_MONOTONIC.
+    pub fn to_raw(t: Instant) -> u64 {
+        let (now, raw) = (Instant::now(), raw_now());
+        if t <= now {
+            raw.saturating_sub(nanos(now.duration_since(t)))
+        } else {
+            raw.saturating_add(nanos(t.duration_since(now)))
+        }
+    }
+
+    /// Nanoseconds on CLOCK_MONOTONIC as an `Instant` of this process.
+    pub fn from_raw(ns: u64) -> Instant {
+        let (now, raw) = (Instant::now(), raw_now());
+        if ns <= raw {
+            now.checked_sub(Duration::from_nanos(raw - ns))
+                .unwrap_or(now)
+        } else {
+            now + Duration::from_nanos(ns - raw)
+        }
+    }
+
+    pub fn serialize<S: Serializer>(t: &Instant, s: S) -> Result<S::Ok, S::Error> {
+        to_raw(*t).serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Instant, D::Error> {
+        u64::deserialize(d).map(from_raw)
+    }
+
+    /// The same for `Option<Instant>`.
+    pub mod option {
+        use std::time::Instant;
+
+        use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+        pub fn serialize<S: Serializer>(t: &Option<Instant>, s: S) -> Result<S::Ok, S::Error> {
+            t.map(super::to_raw).serialize(s)
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Instant>, D::Error> {
+            Option::<u64>::deserialize(d).map(|o| o.map(super::from_raw))
+        }
     }
 }

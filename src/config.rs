@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 pub const MAX_CONF_BYTES: u64 = 64 * 1024;
 
 /// The pair current.conf names: what one generation runs.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Release {
     /// Absolute path of the executable, as named (symlinks are resolved by
     /// the kernel at exec time, so a swapped link takes effect on the next

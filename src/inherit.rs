@@ -21,10 +21,13 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-/// Variables that describe baton's own service, never a generation's. A
-/// generation gets its own values of LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES
-/// and NOTIFY_SOCKET from the spawner, and none of the others.
-pub const FOR_BATON_ONLY: [&str; 7] = [
+use crate::handover;
+
+/// Variables that describe baton's own service (or hand its state from one
+/// image to the next), never a generation's. A generation gets its own
+/// values of LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES and NOTIFY_SOCKET from
+/// the spawner, and none of the others.
+pub const FOR_BATON_ONLY: [&str; 11] = [
     "LISTEN_FDS",
     "LISTEN_PID",
     "LISTEN_FDNAMES",
@@ -32,6 +35,10 @@ pub const FOR_BATON_ONLY: [&str; 7] = [
     "NOTIFY_SOCKET",
     "WATCHDOG_USEC",
     "WATCHDOG_PID",
+    handover::ENV,
+    handover::PREVIOUS_EXE_ENV,
+    handover::REFUSED_ENV,
+    handover::FAIL_ADOPT_ENV,
 ];
 
 /// Everything `baton run` takes from its parent.
@@ -53,6 +60,23 @@ pub struct Inherited {
     pub scratch_dir: PathBuf,
     /// The rest of the environment: what every generation starts from.
     pub env: Vec<(OsString, OsString)>,
+    /// Set when an earlier image of baton exec'd this one (`baton upgrade`).
+    pub upgrade: Option<FromImage>,
+}
+
+/// What an earlier image of baton left for this one (see [`handover`]).
+#[derive(Debug)]
+pub struct FromImage {
+    /// The memfd holding the handover.
+    pub handover: RawFd,
+    /// An fd open on the earlier image, to go back to if this one cannot
+    /// adopt the handover.
+    pub previous_exe: Option<RawFd>,
+    /// Set when a newer image could not adopt the handover and exec'd this
+    /// one again: why.
+    pub refused: Option<String>,
+    /// [`handover::FAIL_ADOPT_ENV`]: refuse to adopt, for testing.
+    pub fail_adopt: Option<String>,
 }
 
 impl Inherited {
@@ -74,6 +98,18 @@ impl Inherited {
             .map(PathBuf::from)
             .filter(|p| p.is_dir())
             .unwrap_or_else(std::env::temp_dir);
+        let fd_var = |name: &str| {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.parse::<RawFd>().ok())
+                .filter(|fd| *fd > 2)
+        };
+        let upgrade = fd_var(handover::ENV).map(|fd| FromImage {
+            handover: fd,
+            previous_exe: fd_var(handover::PREVIOUS_EXE_ENV),
+            refused: std::env::var(handover::REFUSED_ENV).ok(),
+            fail_adopt: std::env::var(handover::FAIL_ADOPT_ENV).ok(),
+        });
         // listenfd checks LISTEN_PID against our pid (and clears LISTEN_FDS
         // and LISTEN_PID itself).
         let mut taken = listenfd::ListenFd::from_env();
@@ -109,6 +145,7 @@ impl Inherited {
             runtime_dir,
             scratch_dir,
             env: std::env::vars_os().collect(),
+            upgrade,
         })
     }
 }

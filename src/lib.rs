@@ -72,6 +72,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod core;
+pub mod handover;
 pub mod inherit;
 pub mod logging;
 pub mod notify;

@@ -19,6 +19,7 @@ fn main() -> ExitCode {
             print!("{text}");
             return ExitCode::SUCCESS;
         }
+        Command::HandoverCheck => return ExitCode::from(baton::handover::check_stdin()),
         Command::Version => {
             println!("baton {}", env!("CARGO_PKG_VERSION"));
             return ExitCode::SUCCESS;

@@ -93,6 +93,41 @@ impl NotifySocket {
         &self.path
     }
 
+    /// The socket's fd and the directory baton made for it, if any: what a
+    /// new image of baton needs to carry on with it (`baton upgrade`).
+    pub fn parts(&self) -> (RawFd, Option<&Path>) {
+        (self.fd.as_raw_fd(), self.private_dir.as_deref())
+    }
+
+    /// Takes over the notify socket an earlier image of baton bound. It is
+    /// checked to be a datagram socket with SO_PASSCRED still set.
+    ///
+    /// # Safety
+    /// `fd` must be an open fd that nothing else owns.
+    pub unsafe fn adopt(
+        fd: RawFd,
+        path: PathBuf,
+        private_dir: Option<PathBuf>,
+    ) -> Result<NotifySocket> {
+        // SAFETY: the caller hands over ownership of the open fd.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let kind = socket::getsockopt(&fd, sockopt::SockType)
+            .with_context(|| format!("notify socket fd {}", fd.as_raw_fd()))?;
+        if kind != SockType::Datagram {
+            anyhow::bail!(
+                "notify socket fd {} is not a datagram socket",
+                fd.as_raw_fd()
+            );
+        }
+        setsockopt(&fd, sockopt::PassCred, &true).context("SO_PASSCRED on the notify socket")?;
+        Ok(NotifySocket {
+            fd,
+            path,
+            private_dir,
+            buf: Box::new([0; MAX_MESSAGE]),
+        })
+    }
+
     /// Reads one datagram; None when the queue is empty.
     pub fn recv(&mut self) -> Option<Received> {
         let mut cmsg = nix::cmsg_space!(nix::sys::socket::UnixCredentials, [RawFd; MAX_FDS]);

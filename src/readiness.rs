@@ -8,7 +8,7 @@
 //! notify) are modes added here, not special cases in the state machine.
 
 /// How a release shows it is ready to serve.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum Mode {
     /// `READY=1` from the generation (sd_notify(3)).
     #[default]

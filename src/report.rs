@@ -8,7 +8,9 @@ use crate::clock::unix;
 use crate::config::Release;
 use crate::core::history::{Note, Outcome};
 use crate::core::{Core, Generation};
-use crate::state::{GenerationInfo, ReleaseInfo, RollbackInfo, RolloutInfo, RolloutResult, State};
+use crate::state::{
+    GenerationInfo, ReleaseInfo, RollbackInfo, RolloutInfo, RolloutResult, State, UpgradeInfo,
+};
 
 /// baton's STATUS= line: what serves (release, pid, generation) and the
 /// last failure, if one is worth telling.
@@ -72,19 +74,27 @@ fn generation_info(g: &Generation) -> GenerationInfo {
     }
 }
 
+/// What the state file says about baton itself, besides the core.
+pub struct Daemon<'a> {
+    pub config: &'a Path,
+    pub app_dir: &'a Path,
+    /// When baton (the process) started.
+    pub started: SystemTime,
+    /// When the running image started (differs after `baton upgrade`).
+    pub image_started: SystemTime,
+    pub stopping: bool,
+    pub last_upgrade: Option<&'a UpgradeInfo>,
+}
+
 /// The state file's content.
-pub fn state(
-    core: &Core,
-    config: &Path,
-    app_dir: &Path,
-    started: SystemTime,
-    stopping: bool,
-) -> State {
+pub fn state(core: &Core, d: &Daemon) -> State {
     State {
         pid: std::process::id(),
-        config: config.to_owned(),
-        app_dir: app_dir.to_owned(),
-        started_at: unix(started),
+        version: Some(env!("CARGO_PKG_VERSION").to_owned()),
+        image_started_at: Some(unix(d.image_started)),
+        config: d.config.to_owned(),
+        app_dir: d.app_dir.to_owned(),
+        started_at: unix(d.started),
         status: status_line(core),
         serving: core.live().map(generation_info),
         generations: core.generations().map(generation_info).collect(),
@@ -114,6 +124,7 @@ pub fn state(
             at: unix(b.at),
         }),
         restarts: core.restarts(),
-        stopping,
+        stopping: d.stopping,
+        last_upgrade: d.last_upgrade.cloned(),
     }
 }

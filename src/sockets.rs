@@ -120,6 +120,23 @@ impl Listeners {
     pub fn raw_fds(&self) -> Vec<RawFd> {
         self.fds.iter().map(AsRawFd::as_raw_fd).collect()
     }
+
+    /// Socket files baton created (and removes at exit).
+    pub fn created_paths(&self) -> &[PathBuf] {
+        &self.created_paths
+    }
+
+    /// Takes over the sockets an earlier image of baton held (`baton
+    /// upgrade`), with the socket files it is to remove at exit.
+    pub fn adopt_from_image(
+        raw: &[RawFd],
+        names: Option<String>,
+        created_paths: Vec<PathBuf>,
+    ) -> Result<Listeners> {
+        let mut l = Listeners::adopt(raw, names)?;
+        l.created_paths = created_paths;
+        Ok(l)
+    }
 }
 
 impl Drop for Listeners {

@@ -10,6 +10,7 @@
 //! fills it in ([`crate::report`]), the commands ([`crate::ops`]) read it.
 
 use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -127,9 +128,33 @@ pub struct RollbackInfo {
     pub at: f64,
 }
 
+/// The last `baton upgrade` (or SIGUSR2): baton re-executing a new binary
+/// in place.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UpgradeInfo {
+    pub seq: u64,
+    /// The binary baton re-executes (the path it was started from).
+    pub path: PathBuf,
+    pub from_version: String,
+    /// Known once the new image runs.
+    pub to_version: Option<String>,
+    /// in-progress, succeeded or failed.
+    pub result: RolloutResult,
+    pub reason: Option<String>,
+    pub started_at: f64,
+    pub finished_at: Option<f64>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct State {
     pub pid: u32,
+    /// baton's version (the running image's). Absent in state files of
+    /// batons that predate in-place upgrades.
+    #[serde(default)]
+    pub version: Option<String>,
+    /// When the running image started: baton's start, or its last upgrade.
+    #[serde(default)]
+    pub image_started_at: Option<f64>,
     pub config: PathBuf,
     pub app_dir: PathBuf,
     pub started_at: f64,
@@ -141,6 +166,8 @@ pub struct State {
     pub last_rollback: Option<RollbackInfo>,
     pub restarts: u64,
     pub stopping: bool,
+    #[serde(default)]
+    pub last_upgrade: Option<UpgradeInfo>,
 }
 
 impl State {
@@ -211,6 +238,25 @@ impl InstanceLock {
             }
             Err((_, e)) => Err(e).with_context(|| format!("locking {}", path.display())),
         }
+    }
+
+    /// The lock's fd, to hand to a new image of baton (`baton upgrade`).
+    pub fn as_raw_fd(&self) -> RawFd {
+        self._lock.as_raw_fd()
+    }
+
+    /// Takes over the lock an earlier image of baton held on `fd`: the same
+    /// open file, so taking the lock again cannot fail unless `fd` is not
+    /// that file.
+    ///
+    /// # Safety
+    /// `fd` must be an open fd that nothing else owns.
+    pub unsafe fn adopt(fd: RawFd) -> Result<InstanceLock> {
+        // SAFETY: the caller hands over ownership of the open fd.
+        let file = unsafe { File::from_raw_fd(fd) };
+        Flock::lock(file, FlockArg::LockExclusiveNonblock)
+            .map(|lock| InstanceLock { _lock: lock })
+            .map_err(|(_, e)| anyhow::anyhow!("taking over the lock on fd {fd}: {e}"))
     }
 }
 

@@ -5,11 +5,13 @@
 
 use std::time::{Duration, SystemTime};
 
+use serde::{Deserialize, Serialize};
+
 use crate::config::Release;
 use crate::core::lifecycle::GenId;
 use crate::state::Trigger;
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Outcome {
     InProgress,
     Succeeded,
@@ -18,7 +20,7 @@ pub enum Outcome {
 }
 
 /// The last rollout an operator asked for (edit, reload, startup).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RolloutRecord {
     pub seq: u64,
     /// None when current.conf named nothing baton could run.
@@ -31,7 +33,7 @@ pub struct RolloutRecord {
 }
 
 /// A release that crashed in probation and the one baton went back to.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Rollback {
     pub from: Release,
     pub to: Release,
@@ -40,7 +42,7 @@ pub struct Rollback {
 }
 
 /// The latest thing worth saying in STATUS= besides what serves.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Note {
     /// Something failed; the live generation (if any) is unchanged.
     Failure(String),
@@ -48,7 +50,7 @@ pub enum Note {
     Recovery(String),
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct History {
     seq: u64,
     last_rollout: Option<RolloutRecord>,

@@ -9,29 +9,44 @@
 
 use std::time::{Instant, SystemTime};
 
+use serde::{Deserialize, Serialize};
+
 use crate::config::Release;
 use crate::state::{GenState, Trigger};
 
 pub type GenId = u64;
 
-#[derive(Debug, Clone, PartialEq)]
+// Instants cross `baton upgrade` as CLOCK_MONOTONIC readings (clock::mono).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Phase {
     /// Spawned; waiting for readiness until `deadline` (`--ready-timeout`).
-    Starting { deadline: Instant },
+    Starting {
+        #[serde(with = "crate::clock::mono")]
+        deadline: Instant,
+    },
     /// Ready, serving beside the live generation until `until` (`--soak`).
-    Soaking { until: Instant },
+    Soaking {
+        #[serde(with = "crate::clock::mono")]
+        until: Instant,
+    },
     /// The generation that serves.
     Live {
+        #[serde(with = "crate::clock::mono")]
         since: Instant,
         /// On probation until then (`--probation`): dying before it rolls
         /// back to the last known good release. None once it is over.
+        #[serde(with = "crate::clock::mono::option")]
         probation_until: Option<Instant>,
         /// Counts as healthy from then: the restart backoff resets. None
         /// once it has.
+        #[serde(with = "crate::clock::mono::option")]
         healthy_at: Option<Instant>,
     },
     /// Sent SIGTERM, draining; SIGKILL at `kill_at` (`--stop-timeout`).
-    Stopping { kill_at: Instant },
+    Stopping {
+        #[serde(with = "crate::clock::mono")]
+        kill_at: Instant,
+    },
     /// Sent SIGKILL; waiting to be reaped.
     Killed,
 }
@@ -72,13 +87,14 @@ impl Phase {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Generation {
     pub id: GenId,
     pub release: Release,
     pub trigger: Trigger,
     /// Set once the process exists (right after the Spawn action).
     pub pid: Option<i32>,
+    #[serde(with = "crate::clock::mono")]
     pub started: Instant,
     pub started_wall: SystemTime,
     pub phase: Phase,

@@ -26,6 +26,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use log::{debug, error, info, warn};
+use serde::{Deserialize, Serialize};
 
 use crate::clock::Now;
 use crate::config::Release;
@@ -37,7 +38,7 @@ use history::{History, Note, Outcome, RolloutRecord};
 pub use lifecycle::{Action, GenId, Generation, Phase, Sig};
 use recovery::{MIN_HEALTHY, Recovery};
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Settings {
     pub ready_timeout: Duration,
     pub stop_timeout: Duration,
@@ -47,7 +48,7 @@ pub struct Settings {
 }
 
 /// What baton has told systemd about itself, so each message goes once.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Told {
     /// READY=1 (the first generation went live).
     ready: bool,
@@ -55,8 +56,11 @@ struct Told {
     reloading: bool,
 }
 
-#[derive(Debug)]
+/// Serializable so that `baton upgrade` can hand it to the next image
+/// ([`crate::handover`]); the settings come from that image's command line.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Core {
+    #[serde(skip)]
     settings: Settings,
     gens: BTreeMap<GenId, Generation>,
     next_id: GenId,
@@ -67,6 +71,7 @@ pub struct Core {
     history: History,
     told: Told,
     shutting_down: bool,
+    #[serde(skip)]
     actions: Vec<Action>,
 }
 
@@ -84,6 +89,13 @@ impl Core {
             shutting_down: false,
             actions: Vec::new(),
         }
+    }
+
+    /// The same state under `settings` (a new image of baton adopting the
+    /// core an earlier one handed over, with its own command line).
+    pub fn with_settings(mut self, settings: Settings) -> Core {
+        self.settings = settings;
+        self
     }
 
     // ---- read access (report, state file, notify routing) ----

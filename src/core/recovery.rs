@@ -24,11 +24,12 @@ pub fn backoff(failures: u32) -> Duration {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Recovery {
     /// What to (re)start when nothing serves and nothing starts, and why.
     fallback: Option<(Release, Trigger)>,
     /// A restart waits for its backoff until then.
+    #[serde(with = "crate::clock::mono::option")]
     restart_at: Option<Instant>,
     /// Consecutive attempts to get something serving again (for backoff).
     failures: u32,

@@ -1,5 +1,5 @@
 //! The operator commands: `baton status`, `reload`, `switch`, `releases`,
-//! one file each.
+//! `upgrade`, one file each.
 //!
 //! They talk to a running baton only through the file system: the state
 //! file it replaces atomically on every change ([`crate::state`]), the flock
@@ -14,6 +14,7 @@ mod releases;
 mod reload;
 mod status;
 mod switch;
+mod upgrade;
 mod wait;
 
 use anyhow::{Result, bail};
@@ -39,6 +40,7 @@ pub fn main(command: Command) -> Result<u8> {
             wait,
         } => switch::run(&paths(&target)?, &release, wait),
         Command::Releases { target } => releases::run(&paths(&target)?),
+        Command::Upgrade { target, wait } => upgrade::run(&paths(&target)?, wait),
         other => bail!("{other:?} is not an operator command"),
     }
 }

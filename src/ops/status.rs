@@ -60,12 +60,19 @@ fn describe_state(s: &State) -> String {
     line(
         "baton:",
         format!(
-            "pid {}, app dir {}, up since {}",
+            "{}pid {}, app dir {}, up since {}",
+            s.version
+                .as_ref()
+                .map(|v| format!("version {v}, "))
+                .unwrap_or_default(),
             s.pid,
             s.app_dir.display(),
             when(s.started_at, now)
         ),
     );
+    if let Some(image) = s.image_started_at.filter(|t| *t > s.started_at + 0.5) {
+        line("image:", format!("running since {}", when(image, now)));
+    }
     line("status:", s.status.clone());
     match &s.serving {
         Some(g) => {
@@ -131,6 +138,22 @@ fn describe_state(s: &State) -> String {
                 when(b.at, now)
             ),
         );
+    }
+    if let Some(u) = &s.last_upgrade {
+        let mut text = format!(
+            "#{} {} -> {} {}",
+            u.seq,
+            u.from_version,
+            u.to_version.as_deref().unwrap_or("?"),
+            u.result.as_str()
+        );
+        if let Some(f) = u.finished_at {
+            text.push_str(&format!(" at {}", when(f, now)));
+        }
+        if let Some(why) = &u.reason {
+            text.push_str(&format!(": {why}"));
+        }
+        line("last upgrade:", text);
     }
     if s.restarts > 0 {
         line("restarts:", s.restarts.to_string());

@@ -23,10 +23,10 @@ use crate::spawn::{self, Child, Spec};
 
 /// A generation leader baton has not reaped yet.
 pub(super) struct Running {
-    child: Child,
+    pub(super) child: Child,
     /// When the change that started it was seen, until its exec is known
     /// (for the timing line).
-    change_seen: Option<Instant>,
+    pub(super) change_seen: Option<Instant>,
 }
 
 impl Supervisor {
@@ -39,7 +39,7 @@ impl Supervisor {
         let spec = Spec {
             release,
             listeners: &self.listen_fds,
-            fdnames: self.fdnames.as_deref(),
+            fdnames: self.listeners.names.as_deref(),
             notify_socket: self.notify.path(),
             env: &self.env,
             cwd: &self.paths.app_dir,
@@ -130,11 +130,12 @@ impl Supervisor {
         }
     }
 
-    /// The one place that reaps. A generation's leader is first seen with
-    /// WNOWAIT, so that while its zombie still holds the pid (and so the
-    /// process group id), whatever is left of its group is killed (as
-    /// systemd's KillMode=mixed does); then it is reaped. Anything else
-    /// (orphans re-parented to baton) is simply reaped.
+    /// The one place that reaps. A generation's leader (or the upgrade
+    /// check) is first seen with WNOWAIT, so that while its zombie still
+    /// holds the pid (and so the process group id), whatever is left of its
+    /// group is killed (as systemd's KillMode=mixed does); then it is
+    /// reaped. Anything else (orphans re-parented to baton) is simply
+    /// reaped.
     pub(super) fn reap(&mut self, now: Now) {
         loop {
             let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
@@ -150,7 +151,7 @@ impl Supervisor {
                 .iter()
                 .find(|(_, r)| r.child.pid == pid)
                 .map(|(id, _)| *id);
-            if owner.is_some()
+            if (owner.is_some() || self.upgrades.is_check(pid))
                 && let Err(e) = nix::sys::signal::killpg(pid, Signal::SIGKILL)
                 && e != nix::errno::Errno::ESRCH
             {
@@ -178,6 +179,7 @@ impl Supervisor {
                         _ => self.core.exited(id, &how, now),
                     }
                 }
+                None if self.upgrades.is_check(pid) => self.check_exited(&status, now),
                 None => debug!("reaped pid {pid} ({how})"),
             }
         }

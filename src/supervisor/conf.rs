@@ -14,6 +14,7 @@ use log::{debug, error, info, warn};
 use super::Supervisor;
 use crate::clock::Now;
 use crate::config;
+use crate::handover::ConfStamp;
 use crate::state::Trigger;
 use crate::watch::Change;
 
@@ -144,6 +145,9 @@ impl Supervisor {
     }
 
     pub(super) fn read_conf(&mut self, trigger: Trigger, now: Now) {
+        // Stamped before reading: an edit racing the read makes the stamp
+        // stale, never the content.
+        self.conf_read = ConfStamp::of(&self.paths.config);
         match config::load(&self.paths.config, &self.policy) {
             Ok(parsed) => {
                 for w in &parsed.warnings {

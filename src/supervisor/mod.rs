@@ -8,17 +8,21 @@
 //!   that reaps;
 //! - `conf`: current.conf changes, debounced, read into the core;
 //! - `intake`: notifications from generations, checked and rate-limited;
-//! - `links`: `app.bin`/`app.cfg`, pointing at what serves.
+//! - `links`: `app.bin`/`app.cfg`, pointing at what serves;
+//! - `upgrade`: `baton upgrade` (SIGUSR2): checking a new binary, handing
+//!   everything over to it in place, and adopting it as the new image.
 
 mod children;
 mod conf;
 mod intake;
 mod links;
+mod upgrade;
 
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::os::fd::{AsFd, RawFd};
-use std::time::{Instant, SystemTime};
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
 use log::{info, warn};
@@ -30,6 +34,7 @@ use crate::cli::{RunArgs, UsageError};
 use crate::clock::Now;
 use crate::config::Policy;
 use crate::core::{Action, Core, GenId, Settings};
+use crate::handover::ConfStamp;
 use crate::inherit::{self, Inherited};
 use crate::notify::NotifySocket;
 use crate::paths::AppPaths;
@@ -42,11 +47,13 @@ use crate::{readiness, report};
 pub use conf::SETTLE;
 
 /// The signals baton reads as events (blocked, then read from a signalfd).
-const SIGNALS: [Signal; 4] = [
+/// The mask survives an exec, so none is lost across `baton upgrade`.
+const SIGNALS: [Signal; 5] = [
     Signal::SIGCHLD,
     Signal::SIGTERM,
     Signal::SIGINT,
     Signal::SIGHUP,
+    Signal::SIGUSR2,
 ];
 
 /// Runs `baton run` until SIGTERM/SIGINT. Must be called while the process
@@ -63,121 +70,181 @@ pub fn run(args: RunArgs) -> Result<()> {
     // Orphaned grandchildren are re-parented to baton, which reaps them.
     nix::sys::prctl::set_child_subreaper(true).context("PR_SET_CHILD_SUBREAPER")?;
 
-    let inherited = Inherited::take()?;
-    let mut systemd = Systemd::connect(inherited.notify_socket.as_deref(), inherited.watchdog);
-    let listeners = if !inherited.listen_fds.is_empty() {
-        if !args.listen.is_empty() {
-            warn!(
-                "systemd passed {} socket(s); ignoring --listen",
-                inherited.listen_fds.len()
-            );
-        }
-        Listeners::adopt(&inherited.listen_fds, inherited.listen_fdnames.clone())?
-    } else if !args.listen.is_empty() {
-        Listeners::bind(&args.listen)?
-    } else {
-        return Err(UsageError(
-            "run: no listening socket: start baton from a systemd socket unit (LISTEN_FDS) or pass --listen ADDR"
-                .into(),
-        )
-        .into());
+    let mut inherited = Inherited::take()?;
+    let mut sup = match inherited.upgrade.take() {
+        Some(from) => Supervisor::adopt(&args, inherited, from)?,
+        None => Supervisor::start(&args, inherited)?,
     };
-    let paths = AppPaths::new(&args.config, args.app_dir.as_deref())?;
-    if !paths.app_dir.is_dir() {
-        anyhow::bail!("app dir {} is not a directory", paths.app_dir.display());
-    }
-    let _lock = InstanceLock::acquire(&paths.app_dir)?;
-    let notify = NotifySocket::bind(inherited.runtime_dir.as_deref(), &inherited.scratch_dir)?;
-    let watcher = Watcher::new(&paths.config)?;
-    let policy = Policy {
-        home: inherit::home(),
-        uid: nix::unistd::geteuid().as_raw(),
-        insecure_permissions: args.insecure_permissions,
-    };
-    if args.insecure_permissions {
-        warn!("--insecure-permissions: world-writable or foreign-owned releases will be run");
-    }
-
-    for (i, fd) in listeners.fds.iter().enumerate() {
-        info!("listening socket fd {} -> {}", 3 + i, sockets::describe(fd));
-    }
-    info!(
-        "watching {} (app dir {}, notify socket {})",
-        paths.config.display(),
-        paths.app_dir.display(),
-        notify.path().display()
-    );
-
-    let settings = Settings {
-        ready_timeout: args.ready_timeout,
-        stop_timeout: args.stop_timeout,
-        soak: args.soak,
-        probation: args.probation,
-        ready: readiness::Mode::Notify,
-    };
-    let mut sup = Supervisor {
-        core: Core::new(settings),
-        children: HashMap::new(),
-        listen_fds: listeners.raw_fds(),
-        fdnames: listeners.names.clone(),
-        env: inherited.env,
-        notify,
-        watcher,
-        policy,
-        state: StateWriter::new(&paths.app_dir),
-        started: SystemTime::now(),
-        paths,
-        debounce: conf::Debounce::default(),
-        watchdog_at: systemd.watchdog_interval().map(|d| Instant::now() + d),
-        strangers: intake::RateLimit::new(1),
-        malformed: intake::RateLimit::new(10),
-        exit: false,
-        event_at: None,
-    };
-    if let Some(last) = links::last_live(&sup.paths.app_dir) {
-        info!("{last} served when baton last ran (app.bin/app.cfg); it is the fallback");
-        sup.core.remember_last_live(last);
-    }
-    sup.read_conf(Trigger::Startup, Now::read());
-    sup.core.serve_fallback(Now::read());
-    sup.main_loop(&sigfd, &mut systemd)?;
-    drop(listeners);
+    sup.main_loop(&sigfd)?;
     info!("all generations stopped; exiting");
     Ok(())
+}
+
+/// What baton was started as, for re-executing itself (`baton upgrade`).
+struct Image {
+    /// The binary's path as baton was started (a symlink stays a symlink,
+    /// so an upgrade runs whatever it points at then).
+    exe: PathBuf,
+    argv: Vec<OsString>,
+    /// When this image started.
+    started: SystemTime,
+}
+
+impl Image {
+    fn this() -> Image {
+        let argv: Vec<OsString> = std::env::args_os().collect();
+        let exe = argv
+            .first()
+            .map(PathBuf::from)
+            .filter(|p| p.as_os_str().as_encoded_bytes().contains(&b'/'))
+            .and_then(|p| crate::paths::absolute(&p).ok())
+            .or_else(|| std::env::current_exe().ok())
+            .unwrap_or_else(|| PathBuf::from("/proc/self/exe"));
+        Image {
+            exe,
+            argv,
+            started: SystemTime::now(),
+        }
+    }
 }
 
 struct Supervisor {
     core: Core,
     /// Every generation leader not yet reaped, with its pidfd.
     children: HashMap<GenId, children::Running>,
+    listeners: Listeners,
     listen_fds: Vec<RawFd>,
-    fdnames: Option<String>,
+    /// Held for baton's life: one baton per app dir.
+    lock: InstanceLock,
+    systemd: Systemd,
+    /// NOTIFY_SOCKET and WATCHDOG_USEC as inherited (for a new image).
+    systemd_socket: Option<OsString>,
+    watchdog: Option<Duration>,
     /// The environment generations start from (see [`crate::inherit`]).
     env: Vec<(OsString, OsString)>,
     notify: NotifySocket,
     watcher: Watcher,
     policy: Policy,
     state: StateWriter,
+    /// When baton (the process) started.
     started: SystemTime,
+    image: Image,
     paths: AppPaths,
     debounce: conf::Debounce,
+    /// current.conf as baton last read it.
+    conf_read: Option<ConfStamp>,
     watchdog_at: Option<Instant>,
     /// Warnings about notifications from outside every generation.
     strangers: intake::RateLimit,
     /// The same for malformed notifications from a generation.
     malformed: intake::RateLimit,
+    upgrades: upgrade::Upgrades,
     exit: bool,
     /// When the change being rolled out was seen (for the timing log).
     event_at: Option<Instant>,
 }
 
+fn settings(args: &RunArgs) -> Settings {
+    Settings {
+        ready_timeout: args.ready_timeout,
+        stop_timeout: args.stop_timeout,
+        soak: args.soak,
+        probation: args.probation,
+        ready: readiness::Mode::Notify,
+    }
+}
+
+fn policy(args: &RunArgs) -> Policy {
+    Policy {
+        home: inherit::home(),
+        uid: nix::unistd::geteuid().as_raw(),
+        insecure_permissions: args.insecure_permissions,
+    }
+}
+
 impl Supervisor {
-    fn main_loop(&mut self, sigfd: &SignalFd, systemd: &mut Systemd) -> Result<()> {
+    /// A fresh start: take the sockets, lock the app dir, bind the notify
+    /// socket, and roll out what current.conf names (or what served last).
+    fn start(args: &RunArgs, inherited: Inherited) -> Result<Supervisor> {
+        let systemd = Systemd::connect(inherited.notify_socket.as_deref(), inherited.watchdog);
+        let listeners = if !inherited.listen_fds.is_empty() {
+            if !args.listen.is_empty() {
+                warn!(
+                    "systemd passed {} socket(s); ignoring --listen",
+                    inherited.listen_fds.len()
+                );
+            }
+            Listeners::adopt(&inherited.listen_fds, inherited.listen_fdnames.clone())?
+        } else if !args.listen.is_empty() {
+            Listeners::bind(&args.listen)?
+        } else {
+            return Err(UsageError(
+                "run: no listening socket: start baton from a systemd socket unit (LISTEN_FDS) or pass --listen ADDR"
+                    .into(),
+            )
+            .into());
+        };
+        let paths = AppPaths::new(&args.config, args.app_dir.as_deref())?;
+        if !paths.app_dir.is_dir() {
+            anyhow::bail!("app dir {} is not a directory", paths.app_dir.display());
+        }
+        let lock = InstanceLock::acquire(&paths.app_dir)?;
+        let notify = NotifySocket::bind(inherited.runtime_dir.as_deref(), &inherited.scratch_dir)?;
+        let watcher = Watcher::new(&paths.config)?;
+        if args.insecure_permissions {
+            warn!("--insecure-permissions: world-writable or foreign-owned releases will be run");
+        }
+        for (i, fd) in listeners.fds.iter().enumerate() {
+            info!("listening socket fd {} -> {}", 3 + i, sockets::describe(fd));
+        }
+        info!(
+            "watching {} (app dir {}, notify socket {})",
+            paths.config.display(),
+            paths.app_dir.display(),
+            notify.path().display()
+        );
+        let image = Image::this();
+        let mut sup = Supervisor {
+            core: Core::new(settings(args)),
+            children: HashMap::new(),
+            listen_fds: listeners.raw_fds(),
+            listeners,
+            lock,
+            watchdog_at: systemd.watchdog_interval().map(|d| Instant::now() + d),
+            systemd,
+            systemd_socket: inherited.notify_socket,
+            watchdog: inherited.watchdog,
+            env: inherited.env,
+            notify,
+            watcher,
+            policy: policy(args),
+            state: StateWriter::new(&paths.app_dir),
+            started: image.started,
+            image,
+            paths,
+            debounce: conf::Debounce::default(),
+            conf_read: None,
+            strangers: intake::RateLimit::new(1),
+            malformed: intake::RateLimit::new(10),
+            upgrades: upgrade::Upgrades::default(),
+            exit: false,
+            event_at: None,
+        };
+        if let Some(last) = links::last_live(&sup.paths.app_dir) {
+            info!("{last} served when baton last ran (app.bin/app.cfg); it is the fallback");
+            sup.core.remember_last_live(last);
+        }
+        sup.read_conf(Trigger::Startup, Now::read());
+        sup.core.serve_fallback(Now::read());
+        Ok(sup)
+    }
+
+    fn main_loop(&mut self, sigfd: &SignalFd) -> Result<()> {
         loop {
-            self.carry_out(systemd);
+            self.carry_out();
             // A change that started nothing must not time a later rollout.
             self.event_at = None;
-            self.publish(systemd);
+            self.publish();
             if self.exit {
                 return Ok(());
             }
@@ -185,6 +252,7 @@ impl Supervisor {
             let deadline = [
                 self.core.next_deadline(),
                 self.debounce.deadline(),
+                self.upgrades.deadline(),
                 self.watchdog_at,
             ]
             .into_iter()
@@ -236,10 +304,11 @@ impl Supervisor {
                 self.on_notify(now);
             }
             self.on_settled(now);
-            if let (Some(at), Some(every)) = (self.watchdog_at, systemd.watchdog_interval())
+            self.on_upgrade_deadline(now);
+            if let (Some(at), Some(every)) = (self.watchdog_at, self.systemd.watchdog_interval())
                 && at <= now.mono
             {
-                systemd.watchdog();
+                self.systemd.watchdog();
                 self.watchdog_at = Some(now.mono + every);
             }
             self.core.tick(now);
@@ -247,19 +316,23 @@ impl Supervisor {
     }
 
     /// STATUS= and the state file, each only when changed.
-    fn publish(&mut self, systemd: &mut Systemd) {
+    fn publish(&mut self) {
         let state = report::state(
             &self.core,
-            &self.paths.config,
-            &self.paths.app_dir,
-            self.started,
-            self.exit,
+            &report::Daemon {
+                config: &self.paths.config,
+                app_dir: &self.paths.app_dir,
+                started: self.started,
+                image_started: self.image.started,
+                stopping: self.exit,
+                last_upgrade: self.upgrades.last(),
+            },
         );
-        systemd.status(&state.status);
+        self.systemd.status(&state.status);
         self.state.write(&state);
     }
 
-    fn carry_out(&mut self, systemd: &mut Systemd) {
+    fn carry_out(&mut self) {
         loop {
             let actions = self.core.take_actions();
             if actions.is_empty() {
@@ -274,9 +347,9 @@ impl Supervisor {
                             links::point_at(&self.paths.app_dir, &g.release);
                         }
                     }
-                    Action::SystemdReady => systemd.ready(&report::status_line(&self.core)),
-                    Action::SystemdReloading => systemd.reloading(),
-                    Action::SystemdStopping => systemd.stopping(),
+                    Action::SystemdReady => self.systemd.ready(&report::status_line(&self.core)),
+                    Action::SystemdReloading => self.systemd.reloading(),
+                    Action::SystemdStopping => self.systemd.stopping(),
                     Action::Exit => self.exit = true,
                 }
             }
@@ -285,6 +358,7 @@ impl Supervisor {
 
     fn on_signals(&mut self, sigfd: &SignalFd, now: Now) {
         let mut chld = false;
+        let mut upgrade = false;
         // Signals coalesce: one SIGCHLD may stand for many exits.
         while let Ok(Some(info)) = sigfd.read_signal() {
             match Signal::try_from(info.ssi_signo as i32) {
@@ -297,11 +371,17 @@ impl Supervisor {
                     info!("received SIGHUP: reloading {}", self.paths.config.display());
                     self.read_conf(Trigger::Reload, now);
                 }
+                Ok(Signal::SIGUSR2) => upgrade = true,
                 _ => {}
             }
         }
         if chld {
             self.reap(now);
+        }
+        // After reaping: the handover must not name a generation that is
+        // already gone.
+        if upgrade {
+            self.on_upgrade_signal(now);
         }
     }
 }
