@@ -232,3 +232,82 @@ pub fn open_own_image() -> Option<OwnedFd> {
     set_cloexec(fd.as_raw_fd(), false).ok()?;
     Some(fd)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> serde_json::Value {
+        let h = Handover {
+            format: FORMAT,
+            version: "0.1.0".into(),
+            pid: 1,
+            started: SystemTime::UNIX_EPOCH,
+            core: Core::new(Default::default()),
+            children: vec![],
+            listen_fds: vec![3],
+            listen_fdnames: None,
+            created_paths: vec![],
+            notify_fd: 4,
+            notify_path: "/run/app/notify.sock".into(),
+            notify_private_dir: None,
+            lock_fd: 5,
+            systemd_socket: None,
+            watchdog: None,
+            env: vec![],
+            conf_read: None,
+            upgrade: UpgradeInfo {
+                seq: 1,
+                path: "/usr/bin/baton".into(),
+                from_version: "0.1.0".into(),
+                to_version: None,
+                result: crate::state::RolloutResult::InProgress,
+                reason: None,
+                started_at: 0.0,
+                finished_at: None,
+            },
+        };
+        serde_json::to_value(&h).unwrap()
+    }
+
+    #[test]
+    fn a_handover_of_another_format_is_refused_with_both_versions_named() {
+        let mut v = sample();
+        assert!(Handover::parse(v.to_string().as_bytes()).is_ok());
+        v["format"] = (FORMAT + 1).into();
+        v["version"] = "9.0.0".into();
+        let e = format!(
+            "{:#}",
+            Handover::parse(v.to_string().as_bytes()).unwrap_err()
+        );
+        assert!(
+            e.contains(&format!("format {}", FORMAT + 1))
+                && e.contains("baton 9.0.0")
+                && e.contains(env!("CARGO_PKG_VERSION")),
+            "{e}"
+        );
+        let mut v = sample();
+        v.as_object_mut().unwrap().remove("core");
+        let e = format!(
+            "{:#}",
+            Handover::parse(v.to_string().as_bytes()).unwrap_err()
+        );
+        assert!(e.contains("core"), "a missing part is named: {e}");
+        let e = format!("{:#}", Handover::parse(b"not json").unwrap_err());
+        assert!(e.contains("not a baton handover"), "{e}");
+    }
+
+    #[test]
+    fn the_handover_round_trips_through_a_memfd() {
+        let v = sample();
+        let h: Handover = serde_json::from_value(v.clone()).unwrap();
+        let fd = h.to_memfd().unwrap();
+        let back = Handover::read(std::os::fd::AsFd::as_fd(&fd)).unwrap();
+        assert_eq!(serde_json::to_value(&back).unwrap(), v);
+        // Read from the start whatever the offset.
+        let mut f = std::fs::File::from(fd);
+        let mut sink = Vec::new();
+        f.read_to_end(&mut sink).unwrap();
+        assert!(Handover::read(std::os::fd::AsFd::as_fd(&f)).is_ok());
+    }
+}

@@ -536,6 +536,129 @@ fn kill_9_of_baton_is_restarted_by_systemd_without_refusing_a_connection() {
     assert!(t.ok > 100, "{t:?}");
 }
 
+/// `baton upgrade` under systemd: the binary at ExecStart's path is
+/// replaced (as a package upgrade does) and baton re-executes it in place.
+/// MainPID stays, the unit stays active the whole time, the generation
+/// keeps serving, and nothing is dropped.
+#[test]
+fn baton_upgrade_in_place_keeps_main_pid_and_the_unit_active_under_load() {
+    let Some(m) = Machine::boot("upgrade", &["app"]) else {
+        return;
+    };
+    // baton runs from a path the test can replace (the binary the test
+    // built is bound read-only at its usual place).
+    const BIN: &str = "/run/baton-bin/baton";
+    m.run(&[
+        "sh",
+        "-c",
+        &format!(
+            "mkdir -p /run/baton-bin && cp {} {BIN}",
+            harness::BATON_IN_CONTAINER
+        ),
+    ]);
+    let exec = unit_for_container("app.service")
+        .lines()
+        .find(|l| l.starts_with("ExecStart="))
+        .expect("app.service has an ExecStart")
+        .replace(harness::BATON_IN_CONTAINER, BIN);
+    m.add_dropin(
+        "app.service",
+        "upgradable.conf",
+        &format!("[Service]\nExecStart=\n{exec}\n"),
+    );
+    let (before, load) = rolled_to_2_0_under_load(&m);
+    let gen_pid = before.serving.as_ref().and_then(|g| g.pid).unwrap();
+    assert_eq!(m.prop("app", "MainPID"), before.pid.to_string());
+    m.run(&[
+        "sh",
+        "-c",
+        &format!(
+            "cp {} {BIN}.dpkg-new && mv {BIN}.dpkg-new {BIN}",
+            harness::BATON_IN_CONTAINER
+        ),
+    ]);
+    assert!(
+        m.run(&["readlink", &format!("/proc/{}/exe", before.pid)])
+            .contains("(deleted)"),
+        "the old image's file was replaced"
+    );
+    let states = std::sync::Mutex::new(BTreeSet::new());
+    let looks = std::sync::atomic::AtomicUsize::new(0);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let out = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                let s = m.show("app", &["ActiveState", "SubState", "MainPID"]);
+                states.lock().unwrap().insert(format!(
+                    "{}/{} pid {}",
+                    s["ActiveState"], s["SubState"], s["MainPID"]
+                ));
+                looks.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+        let out = baton(&m, &["upgrade", "--wait=30s"]);
+        // A few more looks once the upgrade is over.
+        let seen = looks.load(std::sync::atomic::Ordering::SeqCst);
+        wait_for("two more looks at the unit", LONG, || {
+            if looks.load(std::sync::atomic::Ordering::SeqCst) >= seen + 2 {
+                Ok(())
+            } else {
+                Err("looking")
+            }
+        });
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        out
+    });
+    eprintln!(
+        "upgrade: {} looks at app.service during and after it",
+        looks.load(std::sync::atomic::Ordering::SeqCst)
+    );
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert!(
+        stdout(&out).contains("upgraded in place"),
+        "{}",
+        stdout(&out)
+    );
+    let seen = states.into_inner().unwrap();
+    assert_eq!(
+        seen,
+        BTreeSet::from([format!("active/running pid {}", before.pid)]),
+        "systemd saw the unit active with the same MainPID throughout"
+    );
+    let after = m.state("app").unwrap();
+    assert_eq!(after.pid, before.pid);
+    assert_eq!(after.serving.as_ref().and_then(|g| g.pid), Some(gen_pid));
+    assert!(
+        after.image_started_at > before.image_started_at,
+        "{after:?}"
+    );
+    assert_eq!(
+        after.last_upgrade.as_ref().map(|u| u.result.as_str()),
+        Some("succeeded")
+    );
+    assert_eq!(m.prop("app", "NRestarts"), "0");
+    let exe = m.run(&["readlink", &format!("/proc/{}/exe", before.pid)]);
+    assert_eq!(exe.trim(), BIN, "runs the new file");
+    let journal = m.wait_journal(&["-u", "app"], &["upgraded in place"]);
+    // Nor did systemd see the main process exit, or the unit stop or reload.
+    for word in [
+        "Main process exited",
+        "Stopping",
+        "Reloading",
+        "Deactivated",
+    ] {
+        assert!(!journal.contains(word), "{word:?} in:\n{journal}");
+    }
+    load.wait_served("2.0", 50);
+    let t = load.stop();
+    assert_no_failures("upgrade", &t);
+    assert_eq!(
+        t.pids,
+        BTreeSet::from([gen_pid]),
+        "one generation served it all"
+    );
+}
+
 #[test]
 fn baton_killed_with_sigkill_leaves_no_generation_behind() {
     let Some(m) = Machine::boot("nothingleft", &["app"]) else {

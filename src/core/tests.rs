@@ -391,3 +391,30 @@ fn conf_invalid_is_a_failed_rollout_and_the_fix_clears_it() {
     r.want("1.0", 1.0);
     assert!(status_line(&r.f).starts_with("serving app.1.0"));
 }
+
+/// `baton upgrade` hands the core to a new image as JSON: every deadline
+/// and record comes back, and the transitions carry on from them.
+#[test]
+fn the_core_survives_a_handover_with_its_deadlines() {
+    let mut r = Rig::new(settings());
+    r.want("1.0", 0.0);
+    r.ready(1, 0.1);
+    r.want("2.0", 1.0);
+    let before = r.f.next_deadline().unwrap();
+    let json = serde_json::to_string(&r.f).unwrap();
+    r.f = serde_json::from_str::<Core>(&json)
+        .unwrap()
+        .with_settings(settings());
+    let after = r.f.next_deadline().unwrap();
+    let drift = if after > before {
+        after - before
+    } else {
+        before - after
+    };
+    assert!(drift < Duration::from_millis(5), "{drift:?}");
+    assert_eq!(r.live(), Some((1, "app.1.0".into())));
+    assert_eq!(r.f.candidate().unwrap().pid, Some(102));
+    assert_eq!(r.ready(2, 1.5), vec![Action::Promote { id: 2 }, term(1)]);
+    assert_eq!(r.f.last_rollout().unwrap().seq, 2);
+    assert_eq!(r.want("3.0", 2.0), vec![spawn(3, "3.0")], "ids carry on");
+}

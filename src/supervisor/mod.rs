@@ -246,6 +246,7 @@ impl Supervisor {
             self.event_at = None;
             self.publish();
             if self.exit {
+                self.abandon_upgrade();
                 return Ok(());
             }
 

@@ -198,6 +198,14 @@ impl Supervisor {
         );
     }
 
+    /// baton is exiting: a check still running goes with it (killed; its
+    /// new parent reaps it).
+    pub(super) fn abandon_upgrade(&mut self) {
+        if let Some(check) = self.upgrades.check.take() {
+            let _ = spawn::signal_group(&check.child, Signal::SIGKILL);
+        }
+    }
+
     fn fail_upgrade(&mut self, reason: String, now: Now) {
         error!("upgrade failed: {reason}; baton {VERSION} carries on");
         if let Some(u) = self.upgrades.last.as_mut() {

@@ -9,3 +9,4 @@ mod hostile;
 mod properties;
 mod reliability;
 mod rollout;
+mod upgrade;

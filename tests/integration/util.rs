@@ -65,6 +65,8 @@ pub struct Rig {
     /// Run baton as this (uid, gid) instead of the test's own user (set
     /// before `start`; the caller arranges the permissions it needs).
     pub run_as: Option<(u32, u32)>,
+    /// The baton binary to start (a copy, for the upgrade tests).
+    pub baton_bin: PathBuf,
 }
 
 impl Rig {
@@ -98,6 +100,7 @@ impl Rig {
             extra_fds: Vec::new(),
             env: Vec::new(),
             run_as: None,
+            baton_bin: PathBuf::from(BATON),
         }
     }
 
@@ -144,7 +147,7 @@ impl Rig {
         let mut cmd = Command::new("/bin/sh");
         cmd.arg("-c")
             .arg("LISTEN_PID=$$ WATCHDOG_PID=$$ exec \"$0\" \"$@\"")
-            .arg(BATON)
+            .arg(&self.baton_bin)
             .arg("run")
             .arg("--config")
             .arg(&self.conf)
