@@ -61,8 +61,9 @@ Options:
                           until the new one has been ready this long
                           [default: 0] e.g. --soak 30s
   --probation SPAN        a release that dies within this span of going live is
-                          replaced by the last release that survived it
-                          [default: 10s] e.g. --probation 1min
+                          replaced by the last known good release: the last
+                          one that survived its probation or served until a
+                          rollout replaced it [default: 10s] e.g. --probation 1min
   --insecure-permissions  roll out files that are world-writable or owned by
                           another user (refused by default)
   -h, --help              show this help

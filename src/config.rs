@@ -162,6 +162,30 @@ fn kind_of(ft: &std::fs::FileType) -> &'static str {
     }
 }
 
+/// current.conf's identity: the device, inode and change time of the name
+/// and, when it is a symlink, of the file it names. Any edit changes it (a
+/// rename or symlink swap brings another inode, a write in place a new
+/// change time), so a baton can tell, from a recorded identity, whether
+/// current.conf changed while it was not watching. None when it cannot be
+/// read.
+pub fn identity(path: &Path) -> Option<String> {
+    let one = |m: &std::fs::Metadata| {
+        format!(
+            "{}:{}:{}.{:09}",
+            m.dev(),
+            m.ino(),
+            m.ctime(),
+            m.ctime_nsec()
+        )
+    };
+    let name = std::fs::symlink_metadata(path).ok()?;
+    if !name.file_type().is_symlink() {
+        return Some(one(&name));
+    }
+    let target = std::fs::metadata(path).ok()?;
+    Some(format!("{} -> {}", one(&name), one(&target)))
+}
+
 /// An io::Error as an operator reads it.
 pub fn describe_io(e: &std::io::Error) -> String {
     match e.raw_os_error() {
@@ -306,6 +330,32 @@ pub fn same_name(entry: &OsStr, path: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn identity_changes_with_any_replacement_and_not_by_itself() {
+        let d = std::env::temp_dir().join(format!("baton-identity-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        let conf = d.join("current.conf");
+        assert_eq!(identity(&conf), None);
+        std::fs::write(&conf, "a").unwrap();
+        let first = identity(&conf).unwrap();
+        assert_eq!(identity(&conf).as_ref(), Some(&first), "stable");
+        std::fs::write(d.join("new"), "a").unwrap();
+        std::fs::rename(d.join("new"), &conf).unwrap();
+        let renamed = identity(&conf).unwrap();
+        assert_ne!(renamed, first, "renamed over: same content, other file");
+        std::fs::remove_file(&conf).unwrap();
+        std::fs::write(d.join("x"), "a").unwrap();
+        std::os::unix::fs::symlink("x", &conf).unwrap();
+        let linked = identity(&conf).unwrap();
+        assert!(linked.contains(" -> "), "{linked}");
+        std::fs::remove_file(&conf).unwrap();
+        std::fs::write(d.join("y"), "a").unwrap();
+        std::os::unix::fs::symlink("y", &conf).unwrap();
+        assert_ne!(identity(&conf).unwrap(), linked, "link swapped");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
 
     fn p(s: &str) -> Result<Parsed, String> {
         parse(

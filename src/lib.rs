@@ -18,7 +18,9 @@
 //! drains and exits, or is killed after `--stop-timeout`. A release that
 //! fails to become ready is stopped and the old one serves on; a serving
 //! release that dies is restarted with backoff, or, if it dies within its
-//! probation, the last known good release is started instead.
+//! probation, the last known good release is started instead (the rule,
+//! which releases count as good and for how long, is in
+//! [`core::recovery`]).
 //!
 //! ## The daemon
 //!

@@ -9,7 +9,8 @@ use crate::config::Release;
 use crate::core::history::{Note, Outcome};
 use crate::core::{Core, Generation};
 use crate::state::{
-    GenerationInfo, ReleaseInfo, RollbackInfo, RolloutInfo, RolloutResult, State, UpgradeInfo,
+    GenerationInfo, HeldBackInfo, ReleaseInfo, RollbackInfo, RolloutInfo, RolloutResult, State,
+    UpgradeInfo,
 };
 
 /// baton's STATUS= line: what serves (release, pid, generation) and the
@@ -99,6 +100,12 @@ pub fn state(core: &Core, d: &Daemon) -> State {
         serving: core.live().map(generation_info),
         generations: core.generations().map(generation_info).collect(),
         last_known_good: core.last_good().map(release_info),
+        held_back: core.held_back().map(|h| HeldBackInfo {
+            release: release_info(&h.release),
+            reason: h.reason.clone(),
+            at: unix(h.at),
+            conf: h.conf.clone(),
+        }),
         last_rollout: core.last_rollout().map(|r| {
             let (result, reason) = match &r.outcome {
                 Outcome::InProgress => (RolloutResult::InProgress, None),

@@ -145,6 +145,20 @@ pub struct UpgradeInfo {
     pub finished_at: Option<f64>,
 }
 
+/// A release baton rolled back from and does not start again until
+/// current.conf changes (see [`crate::core::recovery`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeldBackInfo {
+    pub release: ReleaseInfo,
+    /// `crashed 1 s after going live`
+    pub reason: String,
+    pub at: f64,
+    /// current.conf's identity when it named this release (device, inode
+    /// and change time of the name and of the file it names): a restarted
+    /// baton keeps the hold only while current.conf is still that file.
+    pub conf: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct State {
     pub pid: u32,
@@ -162,6 +176,8 @@ pub struct State {
     pub serving: Option<GenerationInfo>,
     pub generations: Vec<GenerationInfo>,
     pub last_known_good: Option<ReleaseInfo>,
+    #[serde(default)]
+    pub held_back: Option<HeldBackInfo>,
     pub last_rollout: Option<RolloutInfo>,
     pub last_rollback: Option<RollbackInfo>,
     pub restarts: u64,
@@ -172,6 +188,28 @@ pub struct State {
 
 impl State {
     pub fn read(app_dir: &Path) -> Result<State> {
+        let path = app_dir.join(STATE_FILE);
+        let text = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        serde_json::from_slice(&text).with_context(|| format!("parsing {}", path.display()))
+    }
+}
+
+/// What a new baton takes over from the state file the one before it left
+/// (see [`crate::core::recovery`]). Read leniently: every field may be
+/// missing and unknown ones are ignored, so that the state file of an older
+/// or a newer baton still yields what it has.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Carried {
+    /// The baton that wrote it.
+    pub pid: u32,
+    pub config: Option<PathBuf>,
+    pub last_known_good: Option<ReleaseInfo>,
+    pub held_back: Option<HeldBackInfo>,
+}
+
+impl Carried {
+    pub fn read(app_dir: &Path) -> Result<Carried> {
         let path = app_dir.join(STATE_FILE);
         let text = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
         serde_json::from_slice(&text).with_context(|| format!("parsing {}", path.display()))

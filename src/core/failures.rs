@@ -52,8 +52,12 @@ impl Core {
             ),
             _ => (Duration::ZERO, false),
         };
-        match self.recovery.after_death(&g.release, in_probation) {
-            Some(to) => {
+        let back_to = self
+            .recovery
+            .after_death(&g.release, in_probation, up, now.wall);
+        let taking_over = self.candidate.map(|c| self.gens[&c].describe());
+        match (back_to, taking_over) {
+            (Some(to), None) => {
                 let msg = format!(
                     "release {} crashed {} s after going live; rolled back to {to}",
                     g.release,
@@ -66,8 +70,25 @@ impl Core {
                 self.history
                     .rolled_back(&g.release, &to, up, &msg, now.wall);
                 self.history.note = Some(Note::Recovery(msg));
+                // At once: a rollback is no restart loop.
+                self.recovery.rolling_back();
+                self.recover(now);
+                return;
             }
-            None => {
+            (Some(_), Some(next)) => {
+                error!(
+                    "release {} crashed {} s after going live ({} {how}); the rollout in progress ({next}) takes over",
+                    g.release,
+                    up.as_secs(),
+                    g.describe()
+                );
+                self.history.note = Some(Note::Recovery(format!(
+                    "release {} crashed {} s after going live",
+                    g.release,
+                    up.as_secs()
+                )));
+            }
+            (None, _) => {
                 error!(
                     "{} died unexpectedly ({how}) after {}",
                     g.describe(),

@@ -36,7 +36,7 @@ use crate::state::Trigger;
 
 use history::{History, Note, Outcome, RolloutRecord};
 pub use lifecycle::{Action, GenId, Generation, Phase, Sig};
-use recovery::{MIN_HEALTHY, Recovery};
+use recovery::{HeldBack, MIN_HEALTHY, Recovery};
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Settings {
@@ -115,6 +115,11 @@ impl Core {
     pub fn last_good(&self) -> Option<&Release> {
         self.recovery.last_good()
     }
+    /// The release rolled back from, not started again until current.conf
+    /// changes.
+    pub fn held_back(&self) -> Option<&HeldBack> {
+        self.recovery.held_back()
+    }
     pub fn last_rollout(&self) -> Option<&RolloutRecord> {
         self.history.last_rollout()
     }
@@ -170,6 +175,19 @@ impl Core {
         self.recovery.fall_back_to(release, Trigger::Rollback);
     }
 
+    /// What the baton before this one knew (its state file), as the loop
+    /// checked it: the last known good release, and the release it held
+    /// back if current.conf has not changed since. Before the first read.
+    pub fn carry(&mut self, last_good: Option<Release>, held_back: Option<HeldBack>) {
+        self.recovery.carry(last_good, held_back);
+    }
+
+    /// current.conf's identity (opaque) at the read the loop is about to
+    /// report: a hold records it.
+    pub fn seen_conf(&mut self, identity: Option<String>) {
+        self.recovery.seen_conf(identity);
+    }
+
     /// Nothing serves (current.conf was unusable at startup): start the
     /// fallback release, if there is one.
     pub fn serve_fallback(&mut self, now: Now) {
@@ -191,6 +209,10 @@ impl Core {
         let force = trigger == Trigger::Reload;
         if force {
             self.begin_reload();
+        }
+        if let Some(good) = self.recovery.named(Some(&release), trigger) {
+            self.hold_back(release, good, trigger, now);
+            return;
         }
         let in_flight = self.candidate().map(|g| g.release.clone());
         let serving = self.live().map(|g| g.release.clone());
@@ -248,6 +270,7 @@ impl Core {
         if trigger == Trigger::Reload {
             self.begin_reload();
         }
+        self.recovery.named(None, trigger);
         self.history.begin(None, None, trigger, now.wall);
         self.history.note = Some(Note::Failure(format!("cannot roll out {reason}")));
         self.finish(Outcome::Failed(reason), now);
@@ -518,6 +541,13 @@ impl Core {
                 self.gens[&id].describe(),
                 self.gens[&old].describe()
             );
+            let served = self.gens[&old].release.clone();
+            if self.recovery.retired_serving(&served) {
+                info!(
+                    "{served} served until {} replaced it; it is the last known good release",
+                    self.gens[&id].describe()
+                );
+            }
             self.stop(old, now.mono);
         } else {
             info!("{} is live", self.gens[&id].describe());
@@ -544,12 +574,32 @@ impl Core {
     fn mark_good(&mut self) {
         let Some(g) = self.live() else { return };
         let release = g.release.clone();
-        if self.recovery.proved(release.clone()) {
+        if self.recovery.survived_probation(&release) {
             info!(
                 "{release} stayed up for --probation {}; it is the last known good release",
                 format_span(self.settings.probation)
             );
         }
+    }
+
+    /// At startup current.conf still names `held`, which the baton before
+    /// this one rolled back from: start the last known good `good` instead.
+    fn hold_back(&mut self, held: Release, good: Release, trigger: Trigger, now: Now) {
+        let why = self
+            .recovery
+            .held_back()
+            .map(|h| h.reason.clone())
+            .unwrap_or_default();
+        let note = format!("current.conf names {held}, held back: it {why}");
+        error!(
+            "{note} when baton last ran; starting {good}, the last known good release, until current.conf changes"
+        );
+        self.history.begin(Some(held), None, trigger, now.wall);
+        self.history.note = Some(Note::Recovery(note));
+        self.finish(Outcome::Failed(format!("held back: it {why}")), now);
+        self.recovery.fall_back_to(good.clone(), Trigger::Rollback);
+        self.recovery.cancel_restart();
+        self.start(good, Trigger::Rollback, now);
     }
 
     fn finish(&mut self, outcome: Outcome, now: Now) {

@@ -126,6 +126,17 @@ fn describe_state(s: &State) -> String {
             .map(|r| r.name.clone())
             .unwrap_or_else(|| "none yet".into()),
     );
+    if let Some(h) = &s.held_back {
+        line(
+            "held back:",
+            format!(
+                "{} ({} at {}); not started again until current.conf changes",
+                h.release.name,
+                h.reason,
+                when(h.at, now)
+            ),
+        );
+    }
     if let Some(b) = &s.last_rollback {
         line(
             "last rollback:",

@@ -148,7 +148,9 @@ impl Supervisor {
         // Stamped before reading: an edit racing the read makes the stamp
         // stale, never the content.
         self.conf_read = ConfStamp::of(&self.paths.config);
-        match config::load(&self.paths.config, &self.policy) {
+        let loaded = config::load(&self.paths.config, &self.policy);
+        self.core.seen_conf(config::identity(&self.paths.config));
+        match loaded {
             Ok(parsed) => {
                 for w in &parsed.warnings {
                     warn!("{}: {w}", self.paths.config.display());

@@ -4,6 +4,7 @@
 //! the [`Core`], its actions come out and are carried out. Idle, baton
 //! sleeps in `poll` with no timeout at all.
 //!
+//! - `carry`: what a new baton believes from the one before it;
 //! - `children`: starting generations, signalling them, and the one place
 //!   that reaps;
 //! - `conf`: current.conf changes, debounced, read into the core;
@@ -12,6 +13,7 @@
 //! - `upgrade`: `baton upgrade` (SIGUSR2): checking a new binary, handing
 //!   everything over to it in place, and adopting it as the new image.
 
+mod carry;
 mod children;
 mod conf;
 mod intake;
@@ -234,6 +236,7 @@ impl Supervisor {
             info!("{last} served when baton last ran (app.bin/app.cfg); it is the fallback");
             sup.core.remember_last_live(last);
         }
+        sup.carry_over();
         sup.read_conf(Trigger::Startup, Now::read());
         sup.core.serve_fallback(Now::read());
         Ok(sup)

@@ -215,6 +215,229 @@ fn a_release_that_crashes_in_probation_is_rolled_back_to_the_last_known_good() {
     rig.wait("the rolled-back 1.0 to be retired", || !alive(back));
 }
 
+/// The whole seconds in "release X crashed N s after going live".
+fn crashed_after(line: &str) -> u64 {
+    line.split("crashed ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no seconds in {line:?}"))
+}
+
+/// As the issue tells it: baton on 1.0 with `--probation 10`; well before
+/// those 10 s are up, current.conf names 2.0, which goes READY and crashes
+/// 1.5 s later. 1.0 served until 2.0 replaced it: it is the last known good
+/// release, and baton goes back to it at once.
+#[test]
+fn a_release_that_crashes_in_probation_goes_back_at_once_to_the_release_it_replaced() {
+    let (rig, first) = serving(
+        "lkg-retired",
+        r#""crash_after_ms": 1500"#,
+        &["--probation", "10"],
+    );
+    let before = rig.state().unwrap();
+    assert!(
+        before["last_known_good"].is_null(),
+        "1.0 is still on probation: {before:#}"
+    );
+    rig.point("2.0");
+    let conf = std::fs::read(&rig.conf).unwrap();
+    let crashing = rig.wait_live("2.0");
+    rig.wait_line(&[&format!(
+        "app.1.0 served until generation 2 (app.2.0, pid {crashing}) replaced it; it is the last known good release"
+    )]);
+    rig.wait("state: app.1.0 is the last known good release", || {
+        rig.state()
+            .is_some_and(|s| s["last_known_good"]["name"] == "app.1.0")
+    });
+
+    // One error line, and the next generation is 1.0 again, at once.
+    let line = rig.wait_line(&["release app.2.0 crashed", "rolled back to app.1.0"]);
+    // 1.5 s after READY=1, as baton counts it (in whole seconds).
+    let n = crashed_after(&line);
+    assert!(
+        line.contains("ERROR")
+            && line.ends_with(&format!(
+                "release app.2.0 crashed {n} s after going live; rolled back to app.1.0 (generation 2 (app.2.0, pid {crashing}) exit status 3); current.conf is left as it is"
+            )),
+        "{line}"
+    );
+    let back = rig.wait_live("1.0");
+    assert!(![first, crashing].contains(&back));
+    let want = format!(
+        "release app.2.0 crashed {n} s after going live; rolled back to app.1.0; serving app.1.0 (pid {back}, generation 3): release 1.0 accepting"
+    );
+    rig.wait(&format!("STATUS exactly {want:?}"), || rig.status() == want);
+    let log = rig.log();
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains(" ERROR ")).collect();
+    assert_eq!(errors, [line.as_str()], "one error line:\n{log}");
+    assert!(
+        rig.log_lines(&["restarting"]).is_empty() && rig.log_lines(&["backoff"]).is_empty(),
+        "no restart of 2.0, no backoff:\n{log}"
+    );
+    let state = rig.state().unwrap();
+    assert_eq!(state["serving"]["generation"], 3, "{state:#}");
+    assert_eq!(state["serving"]["trigger"], "rollback");
+    assert_eq!(state["last_known_good"]["name"], "app.1.0");
+    assert_eq!(state["held_back"]["release"]["name"], "app.2.0");
+    assert_eq!(
+        state["held_back"]["reason"],
+        format!("crashed {n} s after going live")
+    );
+    assert_eq!(state["last_rollback"]["from"]["name"], "app.2.0");
+    assert_eq!(state["last_rollback"]["to"]["name"], "app.1.0");
+    assert_eq!(
+        std::fs::read(&rig.conf).unwrap(),
+        conf,
+        "current.conf is left alone"
+    );
+    assert_eq!(link(&rig, "app.bin"), rig.release_dir.join("app.1.0"));
+    rig.assert_children(1);
+
+    // 2.0 is started again only when current.conf changes: rewriting it
+    // (the same content) is that change, and the generation it starts is
+    // the very next one, 4: nothing was started in between.
+    rig.point("2.0");
+    let retry = rig.wait_live_anew("2.0", crashing);
+    assert_eq!(rig.state().unwrap()["serving"]["generation"], 4);
+    assert_eq!(rig.state().unwrap()["serving"]["trigger"], "edit");
+    assert!(rig.state().unwrap()["held_back"].is_null());
+    // It crashes again: back to 1.0 again, at once.
+    rig.wait_line(&[&format!(
+        "rolled back to app.1.0 (generation 4 (app.2.0, pid {retry}) exit status 3)"
+    )]);
+    rig.wait_live_anew("1.0", retry);
+    assert_eq!(rig.state().unwrap()["serving"]["generation"], 5);
+    assert_eq!(rig.log_lines(&["started generation"]).len(), 5);
+    assert!(rig.log_lines(&["restarting"]).is_empty(), "{}", rig.log());
+    rig.assert_children(1);
+}
+
+/// The log lines of the baton with this pid (the log file is shared by
+/// every baton a test starts, and by the apps).
+fn lines_of(rig: &Rig, pid: i32) -> Vec<String> {
+    let me = format!(" baton[{pid}] ");
+    rig.log()
+        .lines()
+        .filter(|l| l.contains(&me))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Waits until the state file is this baton's and says `app.<v>` serves as
+/// generation `id`, with nothing starting; returns the live pid.
+fn wait_this_baton_serving(rig: &Rig, id: u64, v: &str) -> i32 {
+    let pid = rig.baton_pid();
+    rig.wait(
+        &format!("baton {pid}'s state: generation {id} (app.{v}) live"),
+        || {
+            rig.state().is_some_and(|s| {
+                s["pid"] == pid
+                    && s["serving"]["generation"] == id
+                    && s["serving"]["release"]["name"] == format!("app.{v}")
+            })
+        },
+    );
+    rig.wait_live(v)
+}
+
+#[test]
+fn a_restarted_baton_keeps_the_last_known_good_and_holds_back_the_release_that_crashed() {
+    let args = ["--probation", "10"];
+    let (mut rig, _) = serving("lkg-restart", r#""crash_after_ms": 1500"#, &args);
+    rig.point("2.0");
+    rig.wait_line(&["release app.2.0 crashed", "rolled back to app.1.0"]);
+    wait_this_baton_serving(&rig, 3, "1.0");
+    rig.signal(Signal::SIGTERM);
+    assert_eq!(rig.wait_exit().code(), Some(0));
+    let stopped = rig.state().unwrap();
+    assert_eq!(stopped["last_known_good"]["name"], "app.1.0", "{stopped:#}");
+    assert_eq!(stopped["held_back"]["release"]["name"], "app.2.0");
+
+    // current.conf still names 2.0, unchanged: the new baton believes what
+    // the old one knew, and starts 1.0, not 2.0.
+    rig.start(&args);
+    let second = rig.baton_pid();
+    let line = rig.wait_line(&[
+        &format!(" baton[{second}] "),
+        "current.conf names app.2.0, held back: it crashed",
+    ]);
+    let n = crashed_after(&line);
+    assert!(
+        line.contains(" ERROR ")
+            && line.ends_with(&format!(
+                "current.conf names app.2.0, held back: it crashed {n} s after going live when baton last ran; starting app.1.0, the last known good release, until current.conf changes"
+            )),
+        "{line}"
+    );
+    let pid = wait_this_baton_serving(&rig, 1, "1.0");
+    let want = format!(
+        "current.conf names app.2.0, held back: it crashed {n} s after going live; serving app.1.0 (pid {pid}, generation 1): release 1.0 accepting"
+    );
+    rig.wait(&format!("STATUS exactly {want:?}"), || rig.status() == want);
+    let lines = lines_of(&rig, second);
+    assert!(
+        !lines.iter().any(|l| l.contains("(app.2.0")),
+        "2.0 was started:\n{lines:#?}"
+    );
+    assert_eq!(
+        lines.iter().filter(|l| l.contains(" ERROR ")).count(),
+        1,
+        "{lines:#?}"
+    );
+    let state = rig.state().unwrap();
+    assert_eq!(state["serving"]["trigger"], "rollback", "{state:#}");
+    assert_eq!(state["last_known_good"]["name"], "app.1.0");
+    assert_eq!(state["held_back"]["release"]["name"], "app.2.0");
+    assert_eq!(state["last_rollout"]["release"]["name"], "app.2.0");
+    assert_eq!(state["last_rollout"]["result"], "failed");
+    assert_eq!(
+        state["last_rollout"]["reason"],
+        format!("held back: it crashed {n} s after going live")
+    );
+    let (code, out, _) = baton_cmd(&["status", "--config", path_str(&rig.conf)]);
+    assert_eq!(code, 1, "current.conf's release does not serve:\n{out}");
+    let held = out
+        .lines()
+        .find(|l| l.starts_with("held back:"))
+        .unwrap_or_else(|| panic!("no held back line:\n{out}"));
+    assert!(
+        held.contains(&format!("app.2.0 (crashed {n} s after going live at "))
+            && held.ends_with("; not started again until current.conf changes"),
+        "{held}"
+    );
+    rig.assert_children(1);
+
+    // current.conf rewritten while baton is down (the same content): that
+    // is a change, so the next baton tries 2.0, and when it crashes goes
+    // back at once to the 1.0 it was told is good.
+    rig.signal(Signal::SIGTERM);
+    assert_eq!(rig.wait_exit().code(), Some(0));
+    rig.point("2.0");
+    rig.start(&args);
+    let third = rig.baton_pid();
+    rig.wait_line(&[
+        &format!(" baton[{third}] "),
+        "current.conf changed since app.2.0 was held back; it may be tried again",
+    ]);
+    rig.wait_line(&[
+        &format!(" baton[{third}] "),
+        "app.1.0 is the last known good release (baton pid",
+    ]);
+    wait_this_baton_serving(&rig, 1, "2.0");
+    rig.wait_line(&[
+        &format!(" baton[{third}] "),
+        "release app.2.0 crashed",
+        "rolled back to app.1.0",
+    ]);
+    wait_this_baton_serving(&rig, 2, "1.0");
+    assert_eq!(
+        rig.state().unwrap()["held_back"]["release"]["name"],
+        "app.2.0"
+    );
+    rig.assert_children(1);
+}
+
 // ---- backoff ----
 
 /// The gap between the log line `delay_line` (which announces the delay)

@@ -1,0 +1,100 @@
+//! What a new baton takes over from the state file of the one that ran
+//! before it on this app dir: the last known good release and the
+//! held-back release (the rule is [`crate::core::recovery`]'s), checked
+//! against the files as they are now. (What served last comes from the
+//! links, `links::last_live`.)
+
+use log::{info, warn};
+
+use super::Supervisor;
+use crate::clock::utc;
+use crate::config::{self, Release};
+use crate::core::recovery::HeldBack;
+use crate::state::{Carried, ReleaseInfo};
+
+impl Supervisor {
+    /// Before the first read of current.conf.
+    pub(super) fn carry_over(&mut self) {
+        let state_file = self.paths.state_file();
+        let carried = match Carried::read(&self.paths.app_dir) {
+            Ok(c) => c,
+            Err(e) => {
+                if state_file.exists() {
+                    warn!("{e:#}; nothing is known good yet");
+                }
+                return;
+            }
+        };
+        if carried.config.as_ref() != Some(&self.paths.config) {
+            info!(
+                "{} was written for {}, not {}; nothing is known good yet",
+                state_file.display(),
+                carried
+                    .config
+                    .as_deref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "no current.conf".into()),
+                self.paths.config.display()
+            );
+            return;
+        }
+        let good = carried.last_known_good.as_ref().and_then(|r| {
+            let release = still_there(r);
+            match &release {
+                Some(_) => info!(
+                    "{}: {} is the last known good release (baton pid {} knew it)",
+                    state_file.display(),
+                    r.name,
+                    carried.pid
+                ),
+                None => warn!(
+                    "{}: {}, the last known good release of baton pid {}, is gone ({} or {} is missing); nothing is known good yet",
+                    state_file.display(),
+                    r.name,
+                    carried.pid,
+                    r.bin.display(),
+                    r.cfg.display()
+                ),
+            }
+            release
+        });
+        let now = config::identity(&self.paths.config);
+        let held = carried.held_back.as_ref().and_then(|h| {
+            if h.conf.is_none() || h.conf != now {
+                info!(
+                    "{} changed since {} was held back; it may be tried again",
+                    self.paths.config.display(),
+                    h.release.name
+                );
+                return None;
+            }
+            info!(
+                "{}: {} is held back ({} at {}) and {} is unchanged since",
+                state_file.display(),
+                h.release.name,
+                h.reason,
+                utc(h.at),
+                self.paths.config.display()
+            );
+            Some(HeldBack {
+                release: release_of(&h.release),
+                reason: h.reason.clone(),
+                at: std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(h.at.max(0.0)),
+                conf: h.conf.clone(),
+            })
+        });
+        self.core.carry(good, held);
+    }
+}
+
+fn release_of(r: &ReleaseInfo) -> Release {
+    Release {
+        bin: r.bin.clone(),
+        cfg: r.cfg.clone(),
+    }
+}
+
+/// The release, if its files are still there.
+fn still_there(r: &ReleaseInfo) -> Option<Release> {
+    (r.bin.is_file() && r.cfg.exists()).then(|| release_of(r))
+}
