@@ -35,7 +35,11 @@ fn bad_conf_keeps_serving(tag: &str, text: &str, reason: &str) {
         std::fs::read_link(rig.app_dir.join("app.bin")).unwrap(),
         rig.release_dir.join("app.1.0")
     );
-    assert_eq!(rig.state().unwrap()["last_rollout"]["result"], "failed");
+    // STATUS goes out just before the state file is written: wait for it.
+    rig.wait("state: the rollout failed", || {
+        rig.state()
+            .is_some_and(|s| s["last_rollout"]["result"] == "failed")
+    });
     rig.point("2.0");
     rig.wait_live("2.0");
     let report = load.stop();
