@@ -40,7 +40,8 @@
 //!   [`report`] and sent by [`systemd`].
 //! - **Edits** are debounced: the first edit after a quiet spell acts at
 //!   once, edits closer together than 100 ms are a burst read once more
-//!   when the file has been quiet that long ([`supervisor::SETTLE`]).
+//!   when the file has been quiet that long ([`supervisor::SETTLE`]), and
+//!   acted on only if it now reads differently: one edit, one attempt.
 //!   current.conf is parsed and checked by [`config`].
 //! - **Starting a generation** is the one fork/exec, in [`spawn`]:
 //!   everything is allocated before the fork, the child makes only

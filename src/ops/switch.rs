@@ -45,7 +45,7 @@ fn styled(old: Option<&serde_json::Value>, name: &str, dir: &Path) -> String {
 }
 
 /// Replaces `path` with `text` atomically: a temporary file beside it,
-/// fsync'd, renamed over it, and the directory fsync'd. Keeps the old file's
+/// fsync'd and closed, renamed over it, and the directory fsync'd. Keeps the old file's
 /// mode (minus world-write, which baton refuses) and, when run as root, its
 /// owner.
 fn write_atomically(path: &Path, text: &[u8]) -> Result<()> {
@@ -77,6 +77,11 @@ fn write_atomically(path: &Path, text: &[u8]) -> Result<()> {
         f.write_all(text)
             .and_then(|()| f.sync_all())
             .with_context(|| format!("writing {}", tmp.display()))?;
+        // Closed before the rename, not after: closing a file opened for
+        // writing is an event of its own (IN_CLOSE_WRITE), reported under
+        // the name the file has by then. After the rename that name is
+        // current.conf, and the daemon would see one edit as two.
+        drop(f);
         fs::rename(&tmp, path)
             .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
     })();

@@ -6,6 +6,13 @@
 //! the event's wake-up), edits closer together than [`SETTLE`] are a burst,
 //! and the burst is read once more, [`SETTLE`] after its last edit, so the
 //! newest content wins and a burst starts at most one extra generation.
+//!
+//! One edit is one attempt: the trailing read acts only if current.conf
+//! now reads differently from the read that acted last. A single write can
+//! be seen as two changes (a writer that renames its file into place and
+//! only then closes it: IN_MOVED_TO, then IN_CLOSE_WRITE under the new
+//! name; a create whose content was complete at the first read, then its
+//! close), and acting twice on it would start a failing release twice.
 
 use std::time::{Duration, Instant};
 
@@ -13,7 +20,7 @@ use log::{debug, error, info, warn};
 
 use super::Supervisor;
 use crate::clock::Now;
-use crate::config;
+use crate::config::{self, ConfError, Parsed, Release};
 use crate::handover::ConfStamp;
 use crate::state::Trigger;
 use crate::watch::Change;
@@ -22,6 +29,17 @@ use crate::watch::Change;
 /// the rest are folded into one read of the last content once the file has
 /// been quiet this long.
 pub const SETTLE: Duration = Duration::from_millis(100);
+
+/// What a read of current.conf came to: the release it names, or why it
+/// names nothing baton can run.
+pub type Reading = Result<Release, String>;
+
+fn reading_of(loaded: &Result<Parsed, ConfError>) -> Reading {
+    match loaded {
+        Ok(p) => Ok(p.release.clone()),
+        Err(e) => Err(e.to_string()),
+    }
+}
 
 /// Leading-edge act, trailing-edge fold. Pure: instants are passed in.
 #[derive(Debug, Default)]
@@ -33,6 +51,8 @@ pub struct Debounce {
     last_edit: Option<Instant>,
     /// The trailing read is due then.
     trailing: Option<Instant>,
+    /// What the last read that acted on an edit came to.
+    acted_on: Option<Reading>,
 }
 
 impl Debounce {
@@ -51,9 +71,22 @@ impl Debounce {
         false
     }
 
-    /// The leading-edge read at `now` counted as an edit.
-    pub fn read(&mut self, now: Instant) {
+    /// The leading-edge read at `now` counted as an edit and came to
+    /// `reading`.
+    pub fn read(&mut self, now: Instant, reading: Reading) {
         self.last_edit = Some(now);
+        self.acted_on = Some(reading);
+    }
+
+    /// The trailing read of a burst came to `reading`: true when that is
+    /// news, to act on (and remembered as acted on); false when it is what
+    /// the last read acted on already.
+    pub fn news(&mut self, reading: Reading) -> bool {
+        if self.acted_on.as_ref() == Some(&reading) {
+            return false;
+        }
+        self.acted_on = Some(reading);
+        true
     }
 
     /// When the trailing read is due, if a burst is pending.
@@ -113,43 +146,71 @@ impl Supervisor {
             }
             debug!("{} changed ({change:?})", self.paths.config.display());
             self.event_at.get_or_insert(now.mono);
-            if self.debounce.change(now.mono) && self.read_conf_after(change, now) {
-                self.debounce.read(now.mono);
+            if self.debounce.change(now.mono)
+                && let Some(reading) = self.read_conf_after(change, now)
+            {
+                self.debounce.read(now.mono, reading);
             }
         }
     }
 
     /// The trailing read of a burst, once it is due.
     pub(super) fn on_settled(&mut self, now: Now) {
-        if self.debounce.due(now.mono) {
-            debug!(
-                "{} has been quiet for {SETTLE:?}; reading it",
-                self.paths.config.display()
-            );
-            self.read_conf(Trigger::Edit, now);
+        if !self.debounce.due(now.mono) {
+            return;
         }
+        debug!(
+            "{} has been quiet for {SETTLE:?}; reading it",
+            self.paths.config.display()
+        );
+        let loaded = self.load_conf();
+        let reading = reading_of(&loaded);
+        if !self.debounce.news(reading) {
+            debug!(
+                "{} reads as it did when baton last acted on it ({}); nothing more to do",
+                self.paths.config.display(),
+                match &loaded {
+                    Ok(p) => p.release.name(),
+                    Err(e) => e.reason.clone(),
+                }
+            );
+            return;
+        }
+        self.act_on(loaded, Trigger::Edit, now);
     }
 
-    /// Reads current.conf after `change`; false when it is evidently still
-    /// being written (so the change did not count as an edit).
-    fn read_conf_after(&mut self, change: Change, now: Now) -> bool {
+    /// Reads current.conf after `change` and acts on it; None when it is
+    /// evidently still being written (so the change did not count as an
+    /// edit), else what the read came to.
+    fn read_conf_after(&mut self, change: Change, now: Now) -> Option<Reading> {
+        let loaded = self.load_conf();
         if change == Change::Created
-            && let Err(e) = config::load(&self.paths.config, &self.policy)
+            && let Err(e) = &loaded
             && e.maybe_partial
         {
             debug!("{e} (still being written?); waiting for the write to finish");
-            return false;
+            return None;
         }
-        self.read_conf(Trigger::Edit, now);
-        true
+        let reading = reading_of(&loaded);
+        self.act_on(loaded, Trigger::Edit, now);
+        Some(reading)
     }
 
     pub(super) fn read_conf(&mut self, trigger: Trigger, now: Now) {
+        let loaded = self.load_conf();
+        self.act_on(loaded, trigger, now);
+    }
+
+    fn load_conf(&mut self) -> Result<Parsed, ConfError> {
         // Stamped before reading: an edit racing the read makes the stamp
         // stale, never the content.
         self.conf_read = ConfStamp::of(&self.paths.config);
         let loaded = config::load(&self.paths.config, &self.policy);
         self.core.seen_conf(config::identity(&self.paths.config));
+        loaded
+    }
+
+    fn act_on(&mut self, loaded: Result<Parsed, ConfError>, trigger: Trigger, now: Now) {
         match loaded {
             Ok(parsed) => {
                 for w in &parsed.warnings {
@@ -180,12 +241,19 @@ mod tests {
         t0 + Duration::from_millis(n)
     }
 
+    fn rel(v: &str) -> Reading {
+        Ok(Release {
+            bin: format!("/r/app.{v}").into(),
+            cfg: format!("/r/cfg.{v}").into(),
+        })
+    }
+
     #[test]
     fn the_first_edit_acts_at_once_and_a_burst_is_read_once_when_quiet() {
         let t0 = Instant::now();
         let mut d = Debounce::default();
         assert!(d.change(t0), "leading edge");
-        d.read(t0);
+        d.read(t0, rel("2.0"));
         assert_eq!(d.deadline(), None);
         assert!(!d.change(ms(t0, 30)), "30 ms later: a burst");
         assert!(!d.change(ms(t0, 60)));
@@ -204,12 +272,12 @@ mod tests {
         let t0 = Instant::now();
         let mut d = Debounce::default();
         assert!(d.change(t0));
-        d.read(t0);
+        d.read(t0, rel("2.0"));
         assert!(!d.change(ms(t0, 50)));
         assert!(d.due(ms(t0, 150)));
         // 100 ms after the last edit (50 ms after the trailing read): quiet.
         assert!(d.change(ms(t0, 150)), "not folded into the last burst");
-        d.read(ms(t0, 150));
+        d.read(ms(t0, 150), rel("2.0"));
         assert!(!d.change(ms(t0, 200)));
     }
 
@@ -220,7 +288,32 @@ mod tests {
         // A create whose content is not written yet: read, but not counted.
         assert!(d.change(t0));
         assert!(d.change(ms(t0, 1)), "its write still acts at once");
-        d.read(ms(t0, 1));
+        d.read(ms(t0, 1), rel("2.0"));
         assert!(!d.change(ms(t0, 2)));
+    }
+
+    #[test]
+    fn a_burst_that_reads_as_the_last_read_did_is_no_news() {
+        let t0 = Instant::now();
+        let mut d = Debounce::default();
+        // A rename and then the close of the renamed file: two changes.
+        assert!(d.change(t0));
+        d.read(t0, rel("3.0"));
+        assert!(!d.change(ms(t0, 1)));
+        assert!(d.due(ms(t0, 101)));
+        assert!(!d.news(rel("3.0")), "the same release: one attempt");
+        // A burst that ends elsewhere is news, and then the new baseline.
+        assert!(d.change(ms(t0, 500)));
+        d.read(ms(t0, 500), rel("3.0"));
+        assert!(!d.change(ms(t0, 510)));
+        assert!(d.due(ms(t0, 610)));
+        assert!(d.news(rel("4.0")));
+        assert!(!d.news(rel("4.0")));
+        // So is the same text that now reads differently (a binary that
+        // appeared in the meantime), and an error is compared as well.
+        let missing: Reading = Err("/r/current.conf: app.5.0 does not exist".into());
+        assert!(d.news(missing.clone()));
+        assert!(!d.news(missing), "the same error once");
+        assert!(d.news(rel("5.0")));
     }
 }

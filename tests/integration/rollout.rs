@@ -274,6 +274,104 @@ fn a_burst_of_edits_settles_on_the_last_with_at_most_one_extra_generation() {
     rig.assert_children(1);
 }
 
+/// One edit of current.conf is one attempt, however it is written:
+/// `baton switch --wait`, a plain `mv`, a writer that renames its file into
+/// place before closing it (the kernel then reports the rename and, after
+/// it, a close of current.conf), and delete-then-create. Each names a
+/// release that crashes before READY=1, which must be started once.
+#[test]
+fn one_edit_is_one_attempt_however_current_conf_is_written() {
+    use std::io::Write;
+
+    let (rig, _) = serving("one-edit", "", "", &[]);
+    let conf = path_str(&rig.conf).to_owned();
+    let text = |v: &str| format!("{{\"bin.file\": \"app.{v}\", \"cfg.file\": \"cfg.{v}\"}}\n");
+    let tmp = rig.release_dir.join(".current.conf.new");
+    let edit = |how: &str, v: &str| match how {
+        "baton switch --wait" => {
+            let (code, out, err) = baton_cmd(&["switch", v, "--config", &conf, "--wait"]);
+            assert_eq!(code, 1, "{out}{err}");
+            assert!(
+                err.contains(&format!(
+                    "rollout of app.{v} failed: exited before READY=1 (exit status 7)"
+                )),
+                "{err}"
+            );
+        }
+        "mv" => {
+            std::fs::write(&tmp, text(v)).unwrap();
+            let st = std::process::Command::new("mv")
+                .arg(&tmp)
+                .arg(&rig.conf)
+                .status()
+                .unwrap();
+            assert!(st.success());
+        }
+        "rename, then close" => {
+            let mut f = std::fs::File::create(&tmp).unwrap();
+            f.write_all(text(v).as_bytes()).unwrap();
+            f.sync_all().unwrap();
+            std::fs::rename(&tmp, &rig.conf).unwrap();
+            drop(f);
+        }
+        "delete, then create" => {
+            std::fs::remove_file(&rig.conf).unwrap();
+            std::fs::write(&rig.conf, text(v)).unwrap();
+        }
+        other => unreachable!("{other}"),
+    };
+    let edits = [
+        ("3.0", "baton switch --wait"),
+        ("4.0", "mv"),
+        ("5.0", "rename, then close"),
+        ("6.0", "delete, then create"),
+    ];
+    // Edits closer together than 100 ms are one burst (read once more when
+    // it is quiet): each edit here, and the good edit after it, waits for
+    // baton to have been quiet a while, so that each is an edit of its own
+    // and no later edit can hide a second attempt. (Nothing asserted rests
+    // on that wait: once the good release serves, every event before its
+    // edit has been handled.)
+    let quiet = || {
+        let last = rig
+            .log()
+            .lines()
+            .rfind(|l| l.contains(" baton["))
+            .map(log_time)
+            .unwrap_or(0.0);
+        wait_until(PATIENCE, || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs_f64()
+                > last + 0.5
+        });
+    };
+    let good = ["2.0", "1.0"];
+    for (i, (v, how)) in edits.into_iter().enumerate() {
+        rig.release(v, r#""exit_before_ready": 7"#);
+        quiet();
+        edit(how, v);
+        rig.wait_line(&[&format!(
+            "rollout of app.{v} failed: exited before READY=1 (exit status 7); still serving"
+        )]);
+        quiet();
+        rig.point(good[i % 2]);
+        rig.wait_live(good[i % 2]);
+        let attempts = rig.log_lines(&[&format!("rolling out app.{v} ")]).len();
+        let failures = rig
+            .log_lines(&[&format!("rollout of app.{v} failed")])
+            .len();
+        assert_eq!(
+            (attempts, failures),
+            (1, 1),
+            "{how}: app.{v} was tried {attempts} times:\n{}",
+            rig.log()
+        );
+    }
+    rig.assert_children(1);
+}
+
 #[test]
 fn delete_then_recreate_is_seen() {
     let (rig, _) = serving("recreate", "", "", &[]);
