@@ -1086,3 +1086,224 @@ fn template_units_run_several_apps_one_on_a_drop_in_port() {
     });
     assert!(unit_for_container("baton@.service").contains("/srv/%i/release/current.conf"));
 }
+
+// ---- the install steps, run as the docs write them ----
+
+/// The first code block indented by four spaces after the line `heading`.
+fn indented_block_after(doc: &str, heading: &str) -> Vec<String> {
+    doc.lines()
+        .skip_while(|l| *l != heading)
+        .skip(1)
+        .skip_while(|l| !l.starts_with("    "))
+        .take_while(|l| l.starts_with("    "))
+        .map(|l| l[4..].to_owned())
+        .collect()
+}
+
+/// Every ```sh block between the line `heading` and the next `## `
+/// heading, unindented as far as its fence is.
+fn sh_blocks_under(doc: &str, heading: &str) -> Vec<Vec<String>> {
+    let mut blocks = Vec::new();
+    let mut current: Option<(usize, Vec<String>)> = None;
+    for l in doc
+        .lines()
+        .skip_while(|l| *l != heading)
+        .skip(1)
+        .take_while(|l| !l.starts_with("## "))
+    {
+        let indent = l.len() - l.trim_start().len();
+        match (&mut current, l.trim()) {
+            (None, "```sh") => current = Some((indent, Vec::new())),
+            (Some(_), "```") => blocks.push(current.take().unwrap().1),
+            (Some((fence, lines)), _) => lines.push(l.get(*fence..).unwrap_or("").to_owned()),
+            (None, _) => {}
+        }
+    }
+    blocks
+}
+
+/// The steps as a shell script run in a checkout: `cargo build --release`
+/// is dropped (cargo built the baton under test; the checkout has it where
+/// the build puts it), everything else runs as written.
+fn as_written(lines: &[String]) -> String {
+    let script: Vec<String> = lines
+        .iter()
+        .map(|l| l.replace("cargo build --release && ", ""))
+        .filter(|l| l.trim() != "cargo build --release")
+        .collect();
+    assert!(
+        script.iter().any(|l| l.starts_with("useradd ")),
+        "no useradd among the steps: {lines:#?}"
+    );
+    script.join("\n")
+}
+
+/// Inside the container, what a checkout of baton after `cargo build
+/// --release` holds (`target/release/baton`, the shipped `systemd/` units
+/// as they are), and the `build/myapp` and `build/config` the steps name
+/// (the example app as release 1.0). /usr is the host's, read-only, in the
+/// container: a tmpfs on /usr/local/bin takes the installed baton. The
+/// units the harness installed are removed, so only the steps' own run.
+fn checkout(m: &Machine) {
+    m.run(&[
+        "sh",
+        "-ec",
+        "mount -t tmpfs -o mode=0755 tmpfs /usr/local/bin
+         rm -f /run/systemd/system/app.* /run/systemd/system/baton@.*
+         systemctl daemon-reload
+         mkdir -p /root/checkout/target/release /root/checkout/build /root/checkout/systemd
+         cp /opt/baton/baton /root/checkout/target/release/baton
+         cp /opt/baton/example-app /root/checkout/build/myapp
+         printf '{\"release\": \"1.0\"}\\n' > /root/checkout/build/config",
+    ]);
+    for unit in [
+        "app.socket",
+        "app.service",
+        "baton@.socket",
+        "baton@.service",
+    ] {
+        m.run(&[
+            "sh",
+            "-ec",
+            "printf %s \"$2\" > \"/root/checkout/systemd/$1\"",
+            "sh",
+            unit,
+            &harness::shipped_unit(unit),
+        ]);
+    }
+}
+
+/// Runs `script` in the checkout, echoing each command.
+fn run_steps(m: &Machine, script: &str) {
+    let out = m.exec(&["sh", "-exc", &format!("cd /root/checkout\n{script}")]);
+    assert!(
+        out.status.success(),
+        "the steps failed ({}):\n{script}\n--- output ---\n{}{}",
+        out.status,
+        stdout(&out),
+        stderr(&out)
+    );
+}
+
+/// `user` and its own group exist (a system user, home /srv/<user>, no
+/// login), and /srv/<user> belongs to them; returns (uid, gid).
+fn assert_user_and_group(m: &Machine, user: &str) -> (u32, u32) {
+    let pw = m.run(&["getent", "passwd", user]);
+    let f: Vec<&str> = pw.trim().split(':').collect();
+    assert_eq!(f.len(), 7, "{pw}");
+    let (uid, gid): (u32, u32) = (f[2].parse().unwrap(), f[3].parse().unwrap());
+    assert!(uid < 1000, "a system user: {pw}");
+    assert_eq!(
+        (f[5], f[6]),
+        (format!("/srv/{user}").as_str(), "/usr/sbin/nologin"),
+        "{pw}"
+    );
+    let gr = m.run(&["getent", "group", user]);
+    assert_eq!(
+        gr.trim().split(':').nth(2),
+        Some(gid.to_string().as_str()),
+        "{user}'s primary group is its own group {user}: {gr} / {pw}"
+    );
+    let owner = m.run(&["stat", "-c", "%U:%G %a", &format!("/srv/{user}")]);
+    assert_eq!(owner.trim(), format!("{user}:{user} 750"));
+    (uid, gid)
+}
+
+/// `unit` is active, serving app.1.0, and its main process (baton) and the
+/// generation run as (uid, gid).
+fn assert_serving_as(m: &Machine, unit: &str, ids: (u32, u32)) {
+    let main = wait_for(&format!("{unit} to serve app.1.0"), LONG, || {
+        let svc = m.show(unit, &["ActiveState", "StatusText", "MainPID"]);
+        if svc["ActiveState"] == "active" && svc["StatusText"].starts_with("serving app.1.0 ") {
+            Ok(svc["MainPID"].clone())
+        } else {
+            Err(format!("{svc:?}"))
+        }
+    });
+    let want = format!("{0}\t{0}\t{0}\t{0} {1}\t{1}\t{1}\t{1}", ids.0, ids.1);
+    let pids = m.unit_pids(unit);
+    assert_eq!(pids.len(), 2, "baton and one generation: {pids:?}");
+    assert!(pids.contains(&main.parse().unwrap()), "{main} in {pids:?}");
+    for pid in pids {
+        let status = m.run(&["cat", &format!("/proc/{pid}/status")]);
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .unwrap_or_default()
+                .trim()
+                .to_owned()
+        };
+        assert_eq!(
+            format!("{} {}", field("Uid:"), field("Gid:")),
+            want,
+            "pid {pid} of {unit}"
+        );
+    }
+}
+
+#[test]
+fn readme_install_steps_work_as_written() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let steps = as_written(&indented_block_after(&readme, "## Running under systemd"));
+    let Some(m) = Machine::boot("readme_install", &[]) else {
+        return;
+    };
+    // An empty /etc, as on a host whose login.defs does not say
+    // USERGROUPS_ENAB yes: useradd makes a group only when asked to.
+    m.run(&["test", "!", "-e", "/etc/login.defs"]);
+    checkout(&m);
+    run_steps(&m, &steps);
+    let ids = assert_user_and_group(&m, "app");
+    let reply = m.get_ok("/");
+    assert!(reply.body.starts_with("release 1.0 pid "), "{reply:?}");
+    assert_serving_as(&m, "app.service", ids);
+}
+
+#[test]
+fn docs_install_steps_work_as_written() {
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/systemd.md")).unwrap();
+    let install: Vec<String> = sh_blocks_under(&doc, "## Install").concat();
+    let template = sh_blocks_under(&doc, "## Several apps on one host: the template units");
+    let (install, template) = (
+        as_written(&install),
+        as_written(
+            template
+                .first()
+                .expect("a ```sh block for the template units"),
+        ),
+    );
+    let Some(m) = Machine::boot("docs_install", &[]) else {
+        return;
+    };
+    m.run(&["test", "!", "-e", "/etc/login.defs"]);
+    checkout(&m);
+    run_steps(&m, &install);
+    let ids = assert_user_and_group(&m, "app");
+    let reply = m.get_ok("/");
+    assert!(reply.body.starts_with("release 1.0 pid "), "{reply:?}");
+    assert_serving_as(&m, "app.service", ids);
+
+    // The template units for an app `shop`, then its releases "as above".
+    run_steps(&m, &template);
+    run_steps(
+        &m,
+        "install -m 0755 build/myapp /srv/shop/release/app.1.0
+         install -m 0644 build/config /srv/shop/release/cfg.1.0
+         printf '{\"bin.file\": \"app.1.0\", \"cfg.file\": \"cfg.1.0\"}\\n' > /srv/shop/release/current.conf",
+    );
+    let ids = assert_user_and_group(&m, "shop");
+    let reply = m.run(&[
+        "curl",
+        "-sS",
+        "--max-time",
+        "20",
+        "--unix-socket",
+        "/run/baton/shop.sock",
+        "http://shop/",
+    ]);
+    assert!(reply.starts_with("release 1.0 pid "), "{reply}");
+    assert_serving_as(&m, "baton@shop.service", ids);
+}
