@@ -1,4 +1,4 @@
-//! Command line: `baton run|reload|status|switch|releases`.
+//! Command line: `baton run|reload|status|switch|releases|history`.
 //!
 //! Hand-written rather than pulled from a parser crate: five subcommands and a
 //! dozen flags do not need one, and the exact error lines (one line, exit 2)
@@ -24,6 +24,7 @@ Commands:
   releases  list the releases beside current.conf, marking the serving one
   upgrade   make the running baton re-execute its binary in place (after a
             package upgrade): same pid, sockets and generations
+  history   what served when: the last rollouts, restarts and rollbacks
 
 Run 'baton <COMMAND> --help' for the options of each command.
 
@@ -169,6 +170,28 @@ Example:
   apt-get install ./baton_0.2.0_amd64.deb && baton upgrade --config /srv/app/release/current.conf --wait
 ";
 
+pub const HISTORY_HELP: &str = "\
+baton history: what served when
+
+The last 100 rollouts on this app dir, oldest first: when each began, the
+release, what triggered it (startup, edit, reload, restart, rollback), how
+it ended and how long it took, and the generation it replaced. A run of
+restarts of one release is one entry with a count of attempts. The history
+is kept in baton's state file and carried over when baton restarts, so it
+can be read whether baton runs or not.
+
+Usage: baton history --config PATH [--app-dir DIR] [--json]
+
+Options:
+  --config PATH   current.conf of the baton (required)
+  --app-dir DIR   as given to `baton run` [default: parent of current.conf's directory]
+  --json          print the entries as a JSON array
+  -h, --help      show this help
+
+Example:
+  baton history --config ~/app/release/current.conf
+";
+
 /// What `baton run` was asked to do.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunArgs {
@@ -215,6 +238,10 @@ pub enum Command {
     /// Internal, run by a baton that is about to upgrade: can this binary
     /// adopt the handover on stdin?
     HandoverCheck,
+    History {
+        target: Target,
+        json: bool,
+    },
     /// Print this text to stdout and exit 0.
     Help(&'static str),
     Version,
@@ -277,6 +304,10 @@ pub fn parse(args: &[String]) -> Result<Command, UsageError> {
             wait: c.wait,
         }),
         "handover-check" if rest.is_empty() => Ok(Command::HandoverCheck),
+        "history" => client(rest, HISTORY_HELP, |c| Command::History {
+            target: c.target,
+            json: c.json,
+        }),
         other if other.starts_with('-') => Err(usage(format!(
             "unknown option '{other}' before the command; try 'baton --help'"
         ))),
@@ -421,6 +452,7 @@ fn parse_client_args(
         "status" => "status",
         "switch" => "switch",
         "upgrade" => "upgrade",
+        "history" => "history",
         _ => "releases",
     };
     let mut a = Args {
@@ -443,7 +475,7 @@ fn parse_client_args(
             "-h" | "--help" => return Ok(Err(Command::Help(help))),
             "--config" => config = Some(PathBuf::from(a.value(flag, inline)?)),
             "--app-dir" => c.target.app_dir = Some(PathBuf::from(a.value(flag, inline)?)),
-            "--json" if command == "status" => {
+            "--json" if matches!(command, "status" | "history") => {
                 a.no_value(flag, inline)?;
                 c.json = true;
             }
@@ -543,5 +575,24 @@ mod tests {
             parse(&args("reload --help")).unwrap(),
             Command::Help(RELOAD_HELP)
         ));
+        assert_eq!(
+            parse(&args("history --config /c --json")).unwrap(),
+            Command::History {
+                target: Target {
+                    config: "/c".into(),
+                    app_dir: None
+                },
+                json: true
+            }
+        );
+        assert!(matches!(
+            parse(&args("history --help")).unwrap(),
+            Command::Help(HISTORY_HELP)
+        ));
+        assert!(parse(&args("history --config /c --wait")).is_err());
+        assert!(HISTORY_HELP.contains(&format!(
+            "The last {} rollouts",
+            crate::core::history::HISTORY_LEN
+        )));
     }
 }

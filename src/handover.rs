@@ -32,7 +32,10 @@ use crate::state::UpgradeInfo;
 /// The handover's format. Bump it whenever [`Handover`] (or anything it
 /// holds, the core's state included) changes in a way an image of the
 /// other format would misread.
-pub const FORMAT: u32 = 1;
+///
+/// 2: the core keeps a bounded history of rollouts (not just the last), and
+/// the release held back after a crash in probation.
+pub const FORMAT: u32 = 2;
 
 /// Names the fd of the memfd holding the handover.
 pub const ENV: &str = "BATON_HANDOVER";

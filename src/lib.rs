@@ -57,12 +57,15 @@
 //!
 //! ## The operator side
 //!
-//! `baton status`, `switch`, `reload` and `releases` ([`ops`]) are separate
-//! processes that share no memory with the daemon and import neither the
-//! loop nor the state machine. They meet it in the file system: the state
-//! file it replaces atomically whenever something changes and the flock it
-//! holds while it runs ([`state`], laid out by [`paths`]), current.conf
-//! (which `switch` replaces atomically), and SIGHUP for `reload`. They wait
+//! `baton status`, `switch`, `reload`, `releases` and `history` ([`ops`])
+//! are separate processes that share no memory with the daemon and import
+//! neither the loop nor the state machine. They meet it in the file system:
+//! the state file it replaces atomically whenever something changes and
+//! the flock it holds while it runs ([`state`], laid out by [`paths`]),
+//! current.conf (which `switch` replaces atomically), and SIGHUP for
+//! `reload`. The state file outlives the daemon: `history` reads it whether
+//! baton runs or not, and a new baton carries its history, last known good
+//! and held-back release over ([`core::recovery`]). They wait
 //! with inotify on the app dir and a deadline, never by polling. They read
 //! `~/` in current.conf exactly as the daemon does ([`inherit::home`]).
 //!

@@ -6,11 +6,11 @@ use std::time::SystemTime;
 
 use crate::clock::unix;
 use crate::config::Release;
-use crate::core::history::{Note, Outcome};
+use crate::core::history::{Note, Outcome, RolloutRecord};
 use crate::core::{Core, Generation};
 use crate::state::{
-    GenerationInfo, HeldBackInfo, ReleaseInfo, RollbackInfo, RolloutInfo, RolloutResult, State,
-    UpgradeInfo,
+    GenerationInfo, HeldBackInfo, ReleaseInfo, ReplacedInfo, RollbackInfo, RolloutInfo,
+    RolloutResult, State, UpgradeInfo,
 };
 
 /// baton's STATUS= line: what serves (release, pid, generation) and the
@@ -106,32 +106,70 @@ pub fn state(core: &Core, d: &Daemon) -> State {
             at: unix(h.at),
             conf: h.conf.clone(),
         }),
-        last_rollout: core.last_rollout().map(|r| {
-            let (result, reason) = match &r.outcome {
-                Outcome::InProgress => (RolloutResult::InProgress, None),
-                Outcome::Succeeded => (RolloutResult::Succeeded, None),
-                Outcome::Failed(why) => (RolloutResult::Failed, Some(why.clone())),
-                Outcome::Superseded => (RolloutResult::Superseded, None),
-            };
-            RolloutInfo {
-                seq: r.seq,
-                release: r.release.as_ref().map(release_info),
-                generation: r.generation,
-                trigger: r.trigger,
-                result,
-                reason,
-                started_at: unix(r.started),
-                finished_at: r.finished.map(unix),
-            }
-        }),
+        last_rollout: core.last_rollout().map(rollout_info),
         last_rollback: core.last_rollback().map(|b| RollbackInfo {
             from: release_info(&b.from),
             to: release_info(&b.to),
             after_secs: b.after.as_secs_f64(),
             at: unix(b.at),
         }),
+        history: core.rollouts().map(rollout_info).collect(),
         restarts: core.restarts(),
         stopping: d.stopping,
         last_upgrade: d.last_upgrade.cloned(),
+    }
+}
+
+fn rollout_info(r: &RolloutRecord) -> RolloutInfo {
+    let (result, reason) = match &r.outcome {
+        Outcome::InProgress => (RolloutResult::InProgress, None),
+        Outcome::Succeeded => (RolloutResult::Succeeded, None),
+        Outcome::Failed(why) => (RolloutResult::Failed, Some(why.clone())),
+        Outcome::Superseded => (RolloutResult::Superseded, None),
+    };
+    RolloutInfo {
+        seq: r.seq,
+        release: r.release.as_ref().map(release_info),
+        generation: r.generation,
+        trigger: r.trigger,
+        result,
+        reason,
+        started_at: unix(r.started),
+        finished_at: r.finished.map(unix),
+        replaced: r.replaced.as_ref().map(|p| ReplacedInfo {
+            release: p.release.clone(),
+            generation: p.generation,
+        }),
+        attempts: r.attempts,
+        baton_pid: r.baton.unwrap_or_else(std::process::id),
+    }
+}
+
+/// A history entry from the state file of the baton before this one, as
+/// the core keeps it; `pid` is that baton's, for entries that do not say.
+pub fn rollout_record(r: &RolloutInfo, pid: u32) -> RolloutRecord {
+    let at = |t: f64| SystemTime::UNIX_EPOCH + std::time::Duration::from_secs_f64(t.max(0.0));
+    RolloutRecord {
+        seq: r.seq,
+        release: r.release.as_ref().map(|i| Release {
+            bin: i.bin.clone(),
+            cfg: i.cfg.clone(),
+        }),
+        generation: r.generation,
+        trigger: r.trigger,
+        started: at(r.started_at),
+        finished: r.finished_at.map(at),
+        outcome: match r.result {
+            RolloutResult::InProgress => Outcome::InProgress,
+            RolloutResult::Succeeded => Outcome::Succeeded,
+            RolloutResult::Failed => Outcome::Failed(r.reason.clone().unwrap_or_default()),
+            RolloutResult::Superseded => Outcome::Superseded,
+        },
+        replaced: r.replaced.as_ref().map(|p| crate::core::history::Replaced {
+            release: p.release.clone(),
+            generation: p.generation,
+        }),
+        attempts: r.attempts.max(1),
+        baton: Some(if r.baton_pid == 0 { pid } else { r.baton_pid }),
     }
 }

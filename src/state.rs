@@ -108,6 +108,8 @@ pub struct GenerationInfo {
     pub started_at: f64,
 }
 
+/// One rollout: the last one an operator asked for (`last_rollout`), and
+/// each entry of the history.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RolloutInfo {
     pub seq: u64,
@@ -118,6 +120,27 @@ pub struct RolloutInfo {
     pub reason: Option<String>,
     pub started_at: f64,
     pub finished_at: Option<f64>,
+    /// The generation it took over from: the one it retired when it went
+    /// live, or the one whose death it answered.
+    #[serde(default)]
+    pub replaced: Option<ReplacedInfo>,
+    /// Restarts of the same release in a row, folded into one entry.
+    #[serde(default = "one")]
+    pub attempts: u32,
+    /// The baton that ran it (generation numbers start at 1 in each).
+    #[serde(default)]
+    pub baton_pid: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplacedInfo {
+    /// The release's name (`app.1.0`).
+    pub release: String,
+    pub generation: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -180,6 +203,11 @@ pub struct State {
     pub held_back: Option<HeldBackInfo>,
     pub last_rollout: Option<RolloutInfo>,
     pub last_rollback: Option<RollbackInfo>,
+    /// The last rollouts, oldest first, this baton's and those of the
+    /// batons before it on this app dir (bounded; see
+    /// [`crate::core::history::HISTORY_LEN`]).
+    #[serde(default)]
+    pub history: Vec<RolloutInfo>,
     pub restarts: u64,
     pub stopping: bool,
     #[serde(default)]
@@ -194,10 +222,11 @@ impl State {
     }
 }
 
-/// What a new baton takes over from the state file the one before it left
-/// (see [`crate::core::recovery`]). Read leniently: every field may be
-/// missing and unknown ones are ignored, so that the state file of an older
-/// or a newer baton still yields what it has.
+/// What outlives the baton that wrote the state file: what a new baton
+/// takes over from the one before it (see [`crate::core::recovery`]), and
+/// what `baton history` shows whether or not baton runs. Read leniently:
+/// every field may be missing and unknown ones are ignored, so that the
+/// state file of an older or a newer baton still yields what it has.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
 pub struct Carried {
@@ -206,6 +235,7 @@ pub struct Carried {
     pub config: Option<PathBuf>,
     pub last_known_good: Option<ReleaseInfo>,
     pub held_back: Option<HeldBackInfo>,
+    pub history: Vec<RolloutInfo>,
 }
 
 impl Carried {

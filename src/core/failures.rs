@@ -31,6 +31,8 @@ impl Core {
             None => error!("{what} failed: {reason}; nothing is serving"),
         }
         self.history.note = Some(Note::Failure(format!("{what} failed: {reason}")));
+        self.history
+            .finish_generation(id, Outcome::Failed(reason.clone()), now.wall);
         if release.is_some() {
             self.finish(Outcome::Failed(reason), now);
         }
@@ -41,6 +43,7 @@ impl Core {
 
     /// The live generation died on its own.
     pub(super) fn live_died(&mut self, g: Generation, how: &str, now: Now) {
+        self.history.died(&g.release, g.id);
         let (up, in_probation) = match g.phase {
             Phase::Live {
                 since,
@@ -150,7 +153,8 @@ impl Core {
                     "restarting"
                 }
             );
-            self.start(release, trigger, now);
+            let id = self.start(release.clone(), trigger, now);
+            self.history.begin_recovery(release, id, trigger, now.wall);
         }
     }
 }

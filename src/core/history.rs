@@ -1,8 +1,17 @@
-//! What happened: the last rollout an operator asked for (an edit, a reload,
-//! startup) and how it ended, the last rollback, and the note STATUS=
-//! carries about the latest failure or recovery. Pure: wall time is passed
-//! in.
+//! What happened: a bounded history of rollouts (every one an operator
+//! asked for, by an edit, a reload or startup, and every restart or
+//! rollback baton made on its own), how each ended, the last rollback, and
+//! the note STATUS= carries about the latest failure or recovery. Pure:
+//! wall time is passed in.
+//!
+//! The history answers "what served when": each entry says when a
+//! rollout began and ended, the release, what triggered it, the outcome,
+//! and which generation it replaced. It keeps the last [`HISTORY_LEN`]
+//! entries, and a restart loop takes one entry, not one per attempt:
+//! consecutive restarts of the same release fold into the latest, with a
+//! count of attempts.
 
+use std::collections::VecDeque;
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
@@ -10,6 +19,16 @@ use serde::{Deserialize, Serialize};
 use crate::config::Release;
 use crate::core::lifecycle::GenId;
 use crate::state::Trigger;
+
+/// How many rollouts the history keeps. The state file carries them all; it
+/// is rewritten whole on every change, and `baton status` and `switch
+/// --wait` read it at each of those changes. 100 entries are about 47 KiB
+/// of JSON with paths like `/srv/app/release/app.2.0` (some 470 bytes
+/// each): enough for months of daily deploys, or the last hundred moves of
+/// a busy day, while the file stays small enough to rewrite and reread on
+/// every change. A restart loop takes one entry, so it cannot push the
+/// deploys out.
+pub const HISTORY_LEN: usize = 100;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Outcome {
@@ -19,7 +38,16 @@ pub enum Outcome {
     Superseded,
 }
 
-/// The last rollout an operator asked for (edit, reload, startup).
+/// The generation a rollout took over from: the one it retired when it
+/// went live, or the one whose death it answered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Replaced {
+    /// The release's name (`app.1.0`).
+    pub release: String,
+    pub generation: GenId,
+}
+
+/// One rollout: what baton set out to start, why, and how it ended.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RolloutRecord {
     pub seq: u64,
@@ -30,6 +58,24 @@ pub struct RolloutRecord {
     pub started: SystemTime,
     pub finished: Option<SystemTime>,
     pub outcome: Outcome,
+    pub replaced: Option<Replaced>,
+    /// Attempts folded into this entry (restarts of the same release in a
+    /// row); 1 for everything else.
+    pub attempts: u32,
+    /// The baton (pid) that ran it, when it was not this one: entries
+    /// carried over from the state file of the baton before.
+    pub baton: Option<u32>,
+}
+
+impl RolloutRecord {
+    /// Asked for by an operator (an edit, a reload, startup), as opposed
+    /// to a restart or rollback baton made on its own.
+    pub fn asked_for(&self) -> bool {
+        matches!(
+            self.trigger,
+            Trigger::Startup | Trigger::Edit | Trigger::Reload
+        )
+    }
 }
 
 /// A release that crashed in probation and the one baton went back to.
@@ -53,21 +99,43 @@ pub enum Note {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct History {
     seq: u64,
-    last_rollout: Option<RolloutRecord>,
+    /// Oldest first, at most [`HISTORY_LEN`].
+    rollouts: VecDeque<RolloutRecord>,
     last_rollback: Option<Rollback>,
     pub note: Option<Note>,
+    /// The serving generation that died last and has not been replaced
+    /// yet: what the next restart, rollback or rollout replaces.
+    died: Option<Replaced>,
 }
 
 impl History {
+    /// Every rollout kept, oldest first.
+    pub fn rollouts(&self) -> impl Iterator<Item = &RolloutRecord> {
+        self.rollouts.iter()
+    }
+
+    /// The last rollout an operator asked for (edit, reload, startup).
     pub fn last_rollout(&self) -> Option<&RolloutRecord> {
-        self.last_rollout.as_ref()
+        self.rollouts.iter().rev().find(|r| r.asked_for())
+    }
+
+    fn last_rollout_mut(&mut self) -> Option<&mut RolloutRecord> {
+        self.rollouts.iter_mut().rev().find(|r| r.asked_for())
     }
 
     pub fn last_rollback(&self) -> Option<&Rollback> {
         self.last_rollback.as_ref()
     }
 
-    /// A new rollout begins (numbered one past the last).
+    fn push(&mut self, record: RolloutRecord) {
+        self.rollouts.push_back(record);
+        while self.rollouts.len() > HISTORY_LEN {
+            self.rollouts.pop_front();
+        }
+    }
+
+    /// A new rollout an operator asked for begins (numbered one past the
+    /// last).
     pub fn begin(
         &mut self,
         release: Option<Release>,
@@ -76,7 +144,7 @@ impl History {
         wall: SystemTime,
     ) {
         self.seq += 1;
-        self.last_rollout = Some(RolloutRecord {
+        self.push(RolloutRecord {
             seq: self.seq,
             release,
             generation,
@@ -84,18 +152,104 @@ impl History {
             started: wall,
             finished: None,
             outcome: Outcome::InProgress,
+            replaced: None,
+            attempts: 1,
+            baton: None,
         });
     }
 
-    /// Ends the rollout in progress, if there is one.
+    /// baton starts generation `id` of `release` on its own (`trigger` is
+    /// Restart or Rollback). A restart of the release the newest entry
+    /// restarted already is folded into it.
+    pub fn begin_recovery(
+        &mut self,
+        release: Release,
+        id: GenId,
+        trigger: Trigger,
+        wall: SystemTime,
+    ) {
+        let replaced = self.died.take();
+        if let Some(r) = self.rollouts.back_mut().filter(|r| {
+            trigger == Trigger::Restart
+                && r.trigger == Trigger::Restart
+                && r.baton.is_none()
+                && r.release.as_ref() == Some(&release)
+        }) {
+            r.attempts += 1;
+            r.generation = Some(id);
+            r.started = wall;
+            r.finished = None;
+            r.outcome = Outcome::InProgress;
+            if replaced.is_some() {
+                r.replaced = replaced;
+            }
+            return;
+        }
+        self.seq += 1;
+        self.push(RolloutRecord {
+            seq: self.seq,
+            release: Some(release),
+            generation: Some(id),
+            trigger,
+            started: wall,
+            finished: None,
+            outcome: Outcome::InProgress,
+            replaced,
+            attempts: 1,
+            baton: None,
+        });
+    }
+
+    /// Ends the rollout an operator asked for last, if it is in progress.
     pub fn finish(&mut self, outcome: Outcome, wall: SystemTime) {
         if let Some(r) = self
-            .last_rollout
-            .as_mut()
+            .last_rollout_mut()
             .filter(|r| r.outcome == Outcome::InProgress)
         {
             r.outcome = outcome;
             r.finished = Some(wall);
+        }
+    }
+
+    /// Ends the rollout that started generation `id`, if it is in progress.
+    pub fn finish_generation(&mut self, id: GenId, outcome: Outcome, wall: SystemTime) {
+        if let Some(r) = self
+            .rollouts
+            .iter_mut()
+            .rev()
+            .find(|r| r.baton.is_none() && r.generation == Some(id))
+            .filter(|r| r.outcome == Outcome::InProgress)
+        {
+            r.outcome = outcome;
+            r.finished = Some(wall);
+        }
+    }
+
+    /// The serving generation `generation` of `release` died.
+    pub fn died(&mut self, release: &Release, generation: GenId) {
+        self.died = Some(Replaced {
+            release: release.name(),
+            generation,
+        });
+    }
+
+    /// Generation `id` went live in place of `old` (the generation it
+    /// retired), or of the one that died before it: its rollout succeeded.
+    pub fn went_live(&mut self, id: GenId, old: Option<Replaced>, wall: SystemTime) {
+        let replaced = old.or_else(|| self.died.take());
+        if let Some(r) = self
+            .rollouts
+            .iter_mut()
+            .rev()
+            .find(|r| r.baton.is_none() && r.generation == Some(id))
+        {
+            if r.replaced.is_none() {
+                r.replaced = replaced;
+            }
+            if r.outcome == Outcome::InProgress {
+                r.outcome = Outcome::Succeeded;
+                r.finished = Some(wall);
+            }
         }
     }
 
@@ -109,7 +263,7 @@ impl History {
         trigger: Trigger,
         wall: SystemTime,
     ) {
-        let settled = self.last_rollout.as_ref().is_some_and(|r| {
+        let settled = self.last_rollout().is_some_and(|r| {
             r.outcome == Outcome::Succeeded && r.release.as_ref() == Some(&release)
         });
         if !settled {
@@ -118,11 +272,10 @@ impl History {
         }
     }
 
-    /// The rollout that started generation `id`, if it was the last one.
+    /// The rollout that started generation `id`, if it was the last one an
+    /// operator asked for.
     pub fn rollout_of(&self, id: GenId) -> Option<&RolloutRecord> {
-        self.last_rollout
-            .as_ref()
-            .filter(|r| r.generation == Some(id))
+        self.last_rollout().filter(|r| r.generation == Some(id))
     }
 
     /// `from` went live and then crashed in probation; baton went back to
@@ -136,8 +289,7 @@ impl History {
         wall: SystemTime,
     ) {
         if let Some(r) = self
-            .last_rollout
-            .as_mut()
+            .last_rollout_mut()
             .filter(|r| r.release.as_ref() == Some(from))
         {
             r.outcome = Outcome::Failed(msg.to_owned());
@@ -156,6 +308,29 @@ impl History {
         if matches!(self.note, Some(Note::Failure(_))) {
             self.note = None;
         }
+    }
+
+    /// The rollouts of the baton before this one (its state file), oldest
+    /// first, before anything happens here. Numbering carries on from them;
+    /// one it left in progress was cut short by its stop.
+    pub fn carry(&mut self, rollouts: Vec<RolloutRecord>) {
+        let mut carried: VecDeque<RolloutRecord> = rollouts
+            .into_iter()
+            .map(|mut r| {
+                if r.outcome == Outcome::InProgress {
+                    r.outcome = Outcome::Superseded;
+                }
+                r
+            })
+            .chain(self.rollouts.drain(..))
+            .collect();
+        while carried.len() > HISTORY_LEN {
+            carried.pop_front();
+        }
+        self.seq = self
+            .seq
+            .max(carried.iter().map(|r| r.seq).max().unwrap_or(0));
+        self.rollouts = carried;
     }
 }
 
@@ -229,5 +404,117 @@ mod tests {
         h.note = Some(Note::Failure("x".into()));
         h.clear_failure();
         assert!(h.note.is_none());
+    }
+
+    #[test]
+    fn the_history_keeps_the_last_history_len_rollouts() {
+        let mut h = History::default();
+        for i in 0..(HISTORY_LEN as u64 + 30) {
+            h.begin(Some(rel("1.0")), Some(i + 1), Trigger::Edit, at(i));
+            h.finish(Outcome::Succeeded, at(i));
+        }
+        assert_eq!(h.rollouts().count(), HISTORY_LEN);
+        assert_eq!(h.rollouts().next().unwrap().seq, 31, "the oldest went");
+        assert_eq!(h.last_rollout().unwrap().seq, HISTORY_LEN as u64 + 30);
+    }
+
+    #[test]
+    fn a_restart_loop_is_one_entry_and_says_whom_it_replaced() {
+        let mut h = History::default();
+        h.begin(Some(rel("1.0")), Some(1), Trigger::Startup, at(0));
+        h.went_live(1, None, at(1));
+        for (id, t) in [(2, 10), (3, 11), (4, 13)] {
+            h.died(&rel("1.0"), id - 1);
+            h.begin_recovery(rel("1.0"), id, Trigger::Restart, at(t));
+            h.went_live(id, None, at(t));
+        }
+        let all: Vec<&RolloutRecord> = h.rollouts().collect();
+        assert_eq!(all.len(), 2, "{all:#?}");
+        let restart = all[1];
+        assert_eq!(
+            (restart.trigger, restart.attempts, restart.generation),
+            (Trigger::Restart, 3, Some(4))
+        );
+        assert_eq!(
+            restart.replaced,
+            Some(Replaced {
+                release: "app.1.0".into(),
+                generation: 3
+            })
+        );
+        assert_eq!(restart.outcome, Outcome::Succeeded);
+        assert_eq!(
+            h.last_rollout().unwrap().seq,
+            1,
+            "restarts are not asked for"
+        );
+        // A rollout in between ends the fold.
+        h.begin(Some(rel("2.0")), Some(5), Trigger::Edit, at(20));
+        h.went_live(
+            5,
+            Some(Replaced {
+                release: "app.1.0".into(),
+                generation: 4,
+            }),
+            at(21),
+        );
+        h.died(&rel("2.0"), 5);
+        h.begin_recovery(rel("1.0"), 6, Trigger::Rollback, at(22));
+        h.finish_generation(6, Outcome::Failed("exited".into()), at(23));
+        let all: Vec<&RolloutRecord> = h.rollouts().collect();
+        assert_eq!(all.len(), 4);
+        assert_eq!(all[2].replaced.as_ref().unwrap().generation, 4);
+        assert_eq!(
+            (all[3].trigger, &all[3].outcome, all[3].replaced.as_ref()),
+            (
+                Trigger::Rollback,
+                &Outcome::Failed("exited".into()),
+                Some(&Replaced {
+                    release: "app.2.0".into(),
+                    generation: 5
+                })
+            )
+        );
+    }
+
+    #[test]
+    fn carried_rollouts_come_first_and_numbering_carries_on() {
+        let old = |seq: u64, outcome: Outcome| RolloutRecord {
+            seq,
+            release: Some(rel("1.0")),
+            generation: Some(seq),
+            trigger: Trigger::Edit,
+            started: at(seq),
+            finished: None,
+            outcome,
+            replaced: None,
+            attempts: 1,
+            baton: Some(42),
+        };
+        let mut h = History::default();
+        h.carry(vec![
+            old(7, Outcome::Succeeded),
+            old(8, Outcome::InProgress),
+        ]);
+        h.begin(Some(rel("2.0")), Some(1), Trigger::Startup, at(100));
+        let all: Vec<&RolloutRecord> = h.rollouts().collect();
+        assert_eq!(
+            all.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            [7, 8, 9],
+            "{all:#?}"
+        );
+        assert_eq!(all[1].outcome, Outcome::Superseded, "cut short by a stop");
+        // Generation 1 of this baton is not generation 1 of the last one.
+        h.went_live(1, None, at(101));
+        assert_eq!(h.rollouts().nth(2).unwrap().outcome, Outcome::Succeeded);
+        // More than the bound carried: the newest are kept.
+        let mut h = History::default();
+        h.carry(
+            (1..=HISTORY_LEN as u64 + 5)
+                .map(|i| old(i, Outcome::Succeeded))
+                .collect(),
+        );
+        assert_eq!(h.rollouts().count(), HISTORY_LEN);
+        assert_eq!(h.rollouts().next().unwrap().seq, 6);
     }
 }

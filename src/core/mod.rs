@@ -123,6 +123,10 @@ impl Core {
     pub fn last_rollout(&self) -> Option<&RolloutRecord> {
         self.history.last_rollout()
     }
+    /// The rollouts kept, oldest first (see [`history::HISTORY_LEN`]).
+    pub fn rollouts(&self) -> impl Iterator<Item = &RolloutRecord> {
+        self.history.rollouts()
+    }
     pub fn last_rollback(&self) -> Option<&history::Rollback> {
         self.history.last_rollback()
     }
@@ -182,6 +186,12 @@ impl Core {
         self.recovery.carry(last_good, held_back);
     }
 
+    /// The rollouts of the baton before this one (its state file), oldest
+    /// first. Before the first read.
+    pub fn carry_history(&mut self, rollouts: Vec<RolloutRecord>) {
+        self.history.carry(rollouts);
+    }
+
     /// current.conf's identity (opaque) at the read the loop is about to
     /// report: a hold records it.
     pub fn seen_conf(&mut self, identity: Option<String>) {
@@ -229,7 +239,7 @@ impl Core {
                     );
                     self.stop(c, now.mono);
                     self.candidate = None;
-                    self.finish(Outcome::Superseded, now);
+                    self.superseded(c, now);
                 } else {
                     debug!("{release} is already serving");
                 }
@@ -243,7 +253,7 @@ impl Core {
             let old = self.gens[&c].describe();
             info!("{old} is superseded by a newer current.conf; stopping it");
             self.stop(c, now.mono);
-            self.finish(Outcome::Superseded, now);
+            self.superseded(c, now);
         }
         self.recovery.fall_back_to_if_unset(&release);
         self.recovery.cancel_restart();
@@ -362,6 +372,8 @@ impl Core {
                         "rollout of {} failed: {reason}",
                         g.release
                     )));
+                    self.history
+                        .finish_generation(id, Outcome::Failed(reason.clone()), now.wall);
                     self.finish(Outcome::Failed(reason), now);
                 }
                 _ => self.fail_candidate(id, format!("exited before READY=1 ({how})"), now),
@@ -472,8 +484,8 @@ impl Core {
         for id in running {
             self.stop(id, now.mono);
         }
-        if self.candidate.take().is_some() {
-            self.finish(Outcome::Superseded, now);
+        if let Some(c) = self.candidate.take() {
+            self.superseded(c, now);
         }
         self.live = None;
         if self.gens.is_empty() {
@@ -490,7 +502,7 @@ impl Core {
         }
     }
 
-    fn start(&mut self, release: Release, trigger: Trigger, now: Now) {
+    fn start(&mut self, release: Release, trigger: Trigger, now: Now) -> GenId {
         let id = self.next_id;
         self.next_id += 1;
         self.gens.insert(
@@ -510,6 +522,14 @@ impl Core {
         );
         self.candidate = Some(id);
         self.actions.push(Action::Spawn { id, release });
+        id
+    }
+
+    /// Candidate `id` will never serve: a newer rollout or a stop came first.
+    fn superseded(&mut self, id: GenId, now: Now) {
+        self.history
+            .finish_generation(id, Outcome::Superseded, now.wall);
+        self.finish(Outcome::Superseded, now);
     }
 
     fn stop(&mut self, id: GenId, now: Instant) {
@@ -525,6 +545,11 @@ impl Core {
 
     fn promote(&mut self, id: GenId, now: Now) {
         let old = self.live.replace(id);
+        let replaced = old.map(|o| history::Replaced {
+            release: self.gens[&o].release.name(),
+            generation: o,
+        });
+        self.history.went_live(id, replaced, now.wall);
         self.candidate = None;
         let probation = self.settings.probation;
         let g = self.gens.get_mut(&id).expect("promoted generation exists");
@@ -599,7 +624,9 @@ impl Core {
         self.finish(Outcome::Failed(format!("held back: it {why}")), now);
         self.recovery.fall_back_to(good.clone(), Trigger::Rollback);
         self.recovery.cancel_restart();
-        self.start(good, Trigger::Rollback, now);
+        let id = self.start(good.clone(), Trigger::Rollback, now);
+        self.history
+            .begin_recovery(good, id, Trigger::Rollback, now.wall);
     }
 
     fn finish(&mut self, outcome: Outcome, now: Now) {

@@ -1,5 +1,5 @@
 //! The operator commands: `baton status`, `reload`, `switch`, `releases`,
-//! `upgrade`, one file each.
+//! `upgrade`, `history`, one file each.
 //!
 //! They talk to a running baton only through the file system: the state
 //! file it replaces atomically on every change ([`crate::state`]), the flock
@@ -10,6 +10,7 @@
 //! app dir and a `poll` whose timeout is what is left of the deadline.
 
 mod catalog;
+mod history;
 mod releases;
 mod reload;
 mod status;
@@ -41,6 +42,7 @@ pub fn main(command: Command) -> Result<u8> {
         } => switch::run(&paths(&target)?, &release, wait),
         Command::Releases { target } => releases::run(&paths(&target)?),
         Command::Upgrade { target, wait } => upgrade::run(&paths(&target)?, wait),
+        Command::History { target, json } => history::run(&paths(&target)?, json),
         other => bail!("{other:?} is not an operator command"),
     }
 }

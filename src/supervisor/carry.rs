@@ -1,8 +1,8 @@
 //! What a new baton takes over from the state file of the one that ran
-//! before it on this app dir: the last known good release and the
-//! held-back release (the rule is [`crate::core::recovery`]'s), checked
-//! against the files as they are now. (What served last comes from the
-//! links, `links::last_live`.)
+//! before it on this app dir: the history of rollouts, and the last known
+//! good release and the held-back release (the rule is
+//! [`crate::core::recovery`]'s), checked against the files as they are now.
+//! (What served last comes from the links, `links::last_live`.)
 
 use log::{info, warn};
 
@@ -10,6 +10,7 @@ use super::Supervisor;
 use crate::clock::utc;
 use crate::config::{self, Release};
 use crate::core::recovery::HeldBack;
+use crate::report;
 use crate::state::{Carried, ReleaseInfo};
 
 impl Supervisor {
@@ -25,6 +26,22 @@ impl Supervisor {
                 return;
             }
         };
+        // The history is the app dir's, whatever current.conf it was for.
+        if !carried.history.is_empty() {
+            info!(
+                "{}: carrying over {} rollout(s) of history (baton pid {})",
+                state_file.display(),
+                carried.history.len(),
+                carried.pid
+            );
+            self.core.carry_history(
+                carried
+                    .history
+                    .iter()
+                    .map(|r| report::rollout_record(r, carried.pid))
+                    .collect(),
+            );
+        }
         if carried.config.as_ref() != Some(&self.paths.config) {
             info!(
                 "{} was written for {}, not {}; nothing is known good yet",

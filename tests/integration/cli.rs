@@ -33,8 +33,16 @@ fn help_explains_every_flag_with_an_example() {
     }
     let (code, out, _) = baton_cmd(&["--help"]);
     assert_eq!(code, 0);
-    for cmd in ["run", "reload", "status", "switch", "releases"] {
+    for cmd in ["run", "reload", "status", "switch", "releases", "history"] {
         assert!(out.contains(&format!("  {cmd} ")), "{cmd} in:\n{out}");
+        if cmd != "run" {
+            let (code, help, _) = baton_cmd(&[cmd, "--help"]);
+            assert_eq!(code, 0);
+            assert!(
+                help.contains("Example:\n  baton ") && help.contains("--config PATH"),
+                "{cmd} --help:\n{help}"
+            );
+        }
     }
 }
 

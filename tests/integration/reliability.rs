@@ -286,6 +286,19 @@ fn a_release_that_crashes_in_probation_goes_back_at_once_to_the_release_it_repla
     );
     assert_eq!(state["last_rollback"]["from"]["name"], "app.2.0");
     assert_eq!(state["last_rollback"]["to"]["name"], "app.1.0");
+    let history = state["history"].as_array().unwrap();
+    let (edit, back) = (&history[1], &history[2]);
+    assert_eq!(
+        (&edit["release"]["name"], &edit["result"], &back["trigger"]),
+        (
+            &serde_json::json!("app.2.0"),
+            &serde_json::json!("failed"),
+            &serde_json::json!("rollback")
+        ),
+        "{state:#}"
+    );
+    assert_eq!(back["replaced"]["release"], "app.2.0", "{state:#}");
+    assert_eq!(back["replaced"]["generation"], 2);
     assert_eq!(
         std::fs::read(&rig.conf).unwrap(),
         conf,

@@ -523,3 +523,231 @@ fn watchdog_pings_at_half_the_interval() {
         "not inherited: {body}"
     );
 }
+
+/// One entry `baton history --json` must show.
+struct Entry {
+    trigger: &'static str,
+    release: &'static str,
+    result: &'static str,
+    generation: Option<u64>,
+    replaced: Option<(&'static str, u64)>,
+    reason: Option<&'static str>,
+}
+
+const fn entry(
+    trigger: &'static str,
+    release: &'static str,
+    result: &'static str,
+    generation: Option<u64>,
+    replaced: Option<(&'static str, u64)>,
+) -> Entry {
+    Entry {
+        trigger,
+        release,
+        result,
+        generation,
+        replaced,
+        reason: None,
+    }
+}
+
+/// Checks `got` (the JSON entries) against `want`, numbered from 1, each
+/// run by the baton in `batons` at the same index.
+fn check_history(got: &[serde_json::Value], want: &[Entry], batons: &[u64]) {
+    assert_eq!(got.len(), want.len(), "{got:#?}");
+    for (i, (e, w)) in got.iter().zip(want).enumerate() {
+        let what = format!("entry {i}: {e:#}");
+        assert_eq!(e["seq"], i as u64 + 1, "{what}");
+        assert_eq!(e["trigger"], w.trigger, "{what}");
+        assert_eq!(e["release"]["name"], w.release, "{what}");
+        assert_eq!(e["result"], w.result, "{what}");
+        assert_eq!(e["generation"].as_u64(), w.generation, "{what}");
+        assert_eq!(e["baton_pid"], batons[i], "{what}");
+        assert_eq!(e["attempts"], 1, "{what}");
+        match w.replaced {
+            Some((r, g)) => {
+                assert_eq!(e["replaced"]["release"], r, "{what}");
+                assert_eq!(e["replaced"]["generation"], g, "{what}");
+            }
+            None => assert!(e["replaced"].is_null(), "{what}"),
+        }
+        match w.reason {
+            Some(why) => assert!(
+                e["reason"].as_str().is_some_and(|r| r.contains(why)),
+                "{what}"
+            ),
+            None => assert!(e["reason"].is_null(), "{what}"),
+        }
+        let (start, end) = (
+            e["started_at"].as_f64().unwrap(),
+            e["finished_at"].as_f64().unwrap(),
+        );
+        assert!(start > 1.7e9 && end >= start, "{what}");
+    }
+}
+
+/// `baton history` says what served when: forward, back, a failed rollout,
+/// `baton switch`, the rollback after that release was killed in its
+/// probation, a restart, and across a restart of baton itself (which holds
+/// the crashed release back), in text and as JSON.
+#[test]
+fn history_says_what_served_when_across_a_restart_of_baton() {
+    let (mut rig, _) = serving("history", "", "", &[]);
+    rig.release("3.0", r#""exit_before_ready": 7"#);
+    let conf = path_str(&rig.conf).to_owned();
+    let history = |json: bool| {
+        let mut args = vec!["history", "--config", &conf];
+        if json {
+            args.push("--json");
+        }
+        baton_cmd(&args)
+    };
+    // The newest history entry is a `trigger` that succeeded.
+    let last_is = |s: &serde_json::Value, trigger: &str| {
+        s["history"]
+            .as_array()
+            .and_then(|h| h.last())
+            .is_some_and(|r| r["trigger"] == trigger && r["result"] == "succeeded")
+    };
+    rig.point("2.0");
+    rig.wait_live("2.0");
+    rig.point("1.0");
+    rig.wait_live("1.0");
+    rig.point("3.0");
+    rig.wait_line(&["rollout of app.3.0 failed: exited before READY=1 (exit status 7)"]);
+    let (code, out, err) = baton_cmd(&["switch", "2.0", "--config", &conf, "--wait"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let five = rig.wait_live("2.0");
+    let kill = |pid: i32| {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL).unwrap()
+    };
+    kill(five);
+    let six = rig.wait_live_anew("1.0", five);
+    rig.wait("state: the rollback succeeded", || {
+        rig.state().is_some_and(|s| last_is(&s, "rollback"))
+    });
+    kill(six);
+    rig.wait_live_anew("1.0", six);
+    rig.wait("state: the restart succeeded", || {
+        rig.state().is_some_and(|s| last_is(&s, "restart"))
+    });
+    let first = rig.baton_pid() as u64;
+
+    let mut want = vec![
+        entry("startup", "app.1.0", "succeeded", Some(1), None),
+        entry(
+            "edit",
+            "app.2.0",
+            "succeeded",
+            Some(2),
+            Some(("app.1.0", 1)),
+        ),
+        entry(
+            "edit",
+            "app.1.0",
+            "succeeded",
+            Some(3),
+            Some(("app.2.0", 2)),
+        ),
+        Entry {
+            reason: Some("exited before READY=1 (exit status 7)"),
+            ..entry("edit", "app.3.0", "failed", Some(4), None)
+        },
+        Entry {
+            reason: Some("after going live; rolled back to app.1.0"),
+            ..entry("edit", "app.2.0", "failed", Some(5), Some(("app.1.0", 3)))
+        },
+        entry(
+            "rollback",
+            "app.1.0",
+            "succeeded",
+            Some(6),
+            Some(("app.2.0", 5)),
+        ),
+        entry(
+            "restart",
+            "app.1.0",
+            "succeeded",
+            Some(7),
+            Some(("app.1.0", 6)),
+        ),
+    ];
+    let mut batons = vec![first; 7];
+    let (code, out, err) = history(true);
+    assert_eq!((code, err.as_str()), (0, ""), "{out}");
+    check_history(
+        &serde_json::from_str::<Vec<_>>(&out).unwrap(),
+        &want,
+        &batons,
+    );
+
+    let (code, text, _) = history(false);
+    assert_eq!(code, 0);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 9, "{text}");
+    assert_eq!(lines[0], format!("baton pid {first}:"));
+    for (i, w) in want.iter().enumerate() {
+        let l = lines[i + 2];
+        let words: Vec<&str> = l.split_whitespace().collect();
+        // #N, date, time, UTC, release, trigger, outcome, took, generation
+        assert_eq!(
+            (words[0], words[4], words[5], words[6], words[8]),
+            (
+                format!("#{}", i + 1).as_str(),
+                w.release,
+                w.trigger,
+                w.result,
+                (i + 1).to_string().as_str()
+            ),
+            "{text}"
+        );
+        match (w.replaced, w.reason) {
+            (Some((r, g)), None) => {
+                assert!(l.ends_with(&format!("{r} (generation {g})")), "{l}")
+            }
+            (_, Some(why)) => assert!(l.contains(why), "{l}"),
+            (None, None) => assert!(l.ends_with(" -"), "{l}"),
+        }
+    }
+
+    // baton stops: the history is still there, and says so.
+    rig.signal(Signal::SIGTERM);
+    assert_eq!(rig.wait_exit().code(), Some(0));
+    let (code, out, err) = history(true);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains(&format!(
+            "its history as of its last state (baton pid {first})"
+        )),
+        "{err}"
+    );
+    check_history(
+        &serde_json::from_str::<Vec<_>>(&out).unwrap(),
+        &want,
+        &batons,
+    );
+
+    // A new baton carries it over and carries on. current.conf still names
+    // 2.0, held back: the new baton's startup says so, and 1.0 serves.
+    rig.start(&[]);
+    let second = rig.baton_pid() as u64;
+    rig.wait("the new baton's startup in the history", || {
+        rig.state()
+            .is_some_and(|s| s["pid"] == second && last_is(&s, "rollback"))
+    });
+    want.push(Entry {
+        reason: Some("held back: it crashed"),
+        ..entry("startup", "app.2.0", "failed", None, None)
+    });
+    want.push(entry("rollback", "app.1.0", "succeeded", Some(1), None));
+    batons.extend([second; 2]);
+    let (code, out, err) = history(true);
+    assert_eq!((code, err.as_str()), (0, ""), "{out}");
+    check_history(
+        &serde_json::from_str::<Vec<_>>(&out).unwrap(),
+        &want,
+        &batons,
+    );
+    let (_, text, _) = history(false);
+    assert!(text.contains(&format!("\nbaton pid {second}:\n")), "{text}");
+}
