@@ -10,6 +10,14 @@
 //! entries, and a restart loop takes one entry, not one per attempt:
 //! consecutive restarts of the same release fold into the latest, with a
 //! count of attempts.
+//!
+//! The history outlives the baton that kept it. The state file carries it,
+//! and a new baton on the same app dir takes it over ([`History::carry`])
+//! before it does anything, numbering on from it, each entry naming the
+//! baton (pid) that ran it: the question "what served when" matters most
+//! across a restart, a reboot or an upgrade, and a history that started
+//! afresh with each baton would forget exactly those moments. A rollout a
+//! baton left in progress when it stopped is recorded as superseded.
 
 use std::collections::VecDeque;
 use std::time::{Duration, SystemTime};
