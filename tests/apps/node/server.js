@@ -42,7 +42,10 @@ const server = http.createServer((req, res) => {
     reply(404, 'not found\n');
   }
 });
-server.listen({ fd: 3 }, () => {
+// Node calls listen(2) again on the inherited socket, with its default backlog
+// of 511 unless told: keep systemd's (Backlog=4096 in app.socket). For an fd,
+// Node 20 ignores the `backlog` option and takes only the positional one.
+server.listen({ fd: 3 }, 4096, () => {
   console.error(`node[${process.pid}] release ${release}: accepting on fd 3`);
 });
 process.on('SIGTERM', () => {
