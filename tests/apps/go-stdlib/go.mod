@@ -1,0 +1,3 @@
+module baton.test/apps/go-stdlib
+
+go 1.19
