@@ -18,10 +18,13 @@ mod switch;
 mod upgrade;
 mod wait;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 
 use crate::cli::{Command, Target};
 use crate::paths::AppPaths;
+use crate::state::{self, State};
 
 /// Serving, and the last rollout did not fail.
 pub const EXIT_OK: u8 = 0;
@@ -69,6 +72,33 @@ fn report_failure(msg: &str) {
     } else {
         eprintln!("baton: {msg}");
     }
+}
+
+/// The state of the baton running for `p`, for a command that is about to
+/// signal it (`doing`: "reload", "upgrade"); Err(exit code) once the reason
+/// it cannot is on stderr.
+fn running_for(p: &AppPaths, doing: &str) -> Result<Result<State, u8>> {
+    let state = if state::is_running(&p.app_dir) {
+        wait::running_state(p)?
+    } else {
+        None
+    };
+    let Some(state) = state else {
+        report_failure(&format!("{}; nothing to {doing}", not_running(p)));
+        return Ok(Err(EXIT_NOT_RUNNING));
+    };
+    if state.stopping {
+        report_failure(&format!("baton is stopping; not {doing}ing"));
+        return Ok(Err(EXIT_FAILED));
+    }
+    Ok(Ok(state))
+}
+
+/// Sends `sig` to the baton whose state is `s`; returns its pid.
+fn signal(s: &State, sig: Signal) -> Result<i32> {
+    let pid = i32::try_from(s.pid).context("baton's pid in the state file")?;
+    kill(Pid::from_raw(pid), sig).with_context(|| format!("sending {sig} to baton (pid {pid})"))?;
+    Ok(pid)
 }
 
 fn pid_text(pid: Option<i32>) -> String {

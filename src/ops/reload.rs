@@ -4,37 +4,25 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use anyhow::{Context, Result};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use anyhow::Result;
+use nix::sys::signal::Signal;
 
 use super::status::describe_rollout;
-use super::wait::{Waited, running_state, wait_for_state};
-use super::{EXIT_FAILED, EXIT_NOT_RUNNING, EXIT_OK, not_running, pid_text, report_failure};
+use super::wait::{Waited, wait_for_state};
+use super::{EXIT_FAILED, EXIT_OK, not_running, pid_text, report_failure, running_for, signal};
 use crate::clock::unix;
 use crate::paths::AppPaths;
 use crate::span::format_span;
-use crate::state::{self, RolloutResult};
+use crate::state::RolloutResult;
 
 pub fn run(p: &AppPaths, timeout: Duration) -> Result<u8> {
     let deadline = Instant::now() + timeout;
-    let before = if state::is_running(&p.app_dir) {
-        running_state(p)?
-    } else {
-        None
+    let before = match running_for(p, "reload")? {
+        Ok(s) => s,
+        Err(code) => return Ok(code),
     };
-    let Some(before) = before else {
-        report_failure(&format!("{}; nothing to reload", not_running(p)));
-        return Ok(EXIT_NOT_RUNNING);
-    };
-    if before.stopping {
-        report_failure("baton is stopping; not reloading");
-        return Ok(EXIT_FAILED);
-    }
     let seq = before.last_rollout.as_ref().map_or(0, |r| r.seq);
-    let pid = i32::try_from(before.pid).context("baton's pid in the state file")?;
-    kill(Pid::from_raw(pid), Signal::SIGHUP)
-        .with_context(|| format!("sending SIGHUP to baton (pid {pid})"))?;
+    signal(&before, Signal::SIGHUP)?;
     let waited = wait_for_state(&p.app_dir, deadline, |s| {
         if s.pid != before.pid {
             return Some(Err(format!(

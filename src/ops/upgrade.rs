@@ -6,26 +6,20 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use anyhow::Result;
+use nix::sys::signal::Signal;
 
-use super::wait::{Waited, running_state, wait_for_state};
-use super::{EXIT_FAILED, EXIT_NOT_RUNNING, EXIT_OK, not_running, report_failure};
+use super::wait::{Waited, wait_for_state};
+use super::{EXIT_FAILED, EXIT_OK, not_running, report_failure, running_for, signal};
 use crate::clock::utc;
 use crate::paths::AppPaths;
 use crate::span::format_span;
-use crate::state::{self, RolloutResult, UpgradeInfo};
+use crate::state::{RolloutResult, UpgradeInfo};
 
 pub fn run(p: &AppPaths, wait: Option<Duration>) -> Result<u8> {
-    let before = if state::is_running(&p.app_dir) {
-        running_state(p)?
-    } else {
-        None
-    };
-    let Some(before) = before else {
-        report_failure(&format!("{}; nothing to upgrade", not_running(p)));
-        return Ok(EXIT_NOT_RUNNING);
+    let before = match running_for(p, "upgrade")? {
+        Ok(s) => s,
+        Err(code) => return Ok(code),
     };
     let Some(version) = before.version.as_deref() else {
         // SIGUSR2 would kill it: batons before in-place upgrades do not
@@ -36,14 +30,8 @@ pub fn run(p: &AppPaths, wait: Option<Duration>) -> Result<u8> {
         ));
         return Ok(EXIT_FAILED);
     };
-    if before.stopping {
-        report_failure("baton is stopping; not upgrading");
-        return Ok(EXIT_FAILED);
-    }
     let seq = before.last_upgrade.as_ref().map_or(0, |u| u.seq);
-    let pid = i32::try_from(before.pid).context("baton's pid in the state file")?;
-    kill(Pid::from_raw(pid), Signal::SIGUSR2)
-        .with_context(|| format!("sending SIGUSR2 to baton (pid {pid})"))?;
+    let pid = signal(&before, Signal::SIGUSR2)?;
     let Some(timeout) = wait else {
         println!(
             "asked baton {version} (pid {pid}) to upgrade in place; `baton status` tells how it went"
