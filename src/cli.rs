@@ -8,8 +8,10 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::readiness::Mode;
 use crate::sockets::ListenAddr;
 use crate::span::parse_span;
+use crate::stop::{Stop, StopSignal, StopTarget};
 
 pub const MAIN_HELP: &str = "\
 baton: roll a socket-activated web application forward and back with no dropped request
@@ -42,7 +44,10 @@ current.conf is JSON naming the live release:
 Each release runs as `bin.file -c cfg.file` with the listening sockets as
 fds 3, 4, ... (LISTEN_FDS/LISTEN_PID set for it) and NOTIFY_SOCKET pointing at
 baton. Editing current.conf rolls the service to what it names; the old
-generation is sent SIGTERM once the new one has sent READY=1.
+generation is sent its stop signal (SIGTERM) once the new one is ready.
+A release may carry its own settings, over the flags below:
+  \"ready\": \"after:2s\", \"stop.signal\": \"QUIT\", \"stop.target\": \"leader\",
+  \"env\": {\"PORT\": \"8000\"}
 
 Options:
   --config PATH           current.conf to watch (required)
@@ -54,10 +59,27 @@ Options:
   --listen ADDR           bind ADDR when systemd passes no socket; repeatable
                           e.g. --listen 127.0.0.1:3000 --listen [::]:3000
                                --listen unix:/run/app.sock
-  --ready-timeout SPAN    how long a new generation may take to send READY=1
+  --ready MODE            how a new generation shows it is ready [default: notify]
+                            notify      it sends READY=1 to NOTIFY_SOCKET
+                            after:SPAN  it is still alive SPAN after its exec
+                            check:CMD   `/bin/sh -c CMD` exits 0 (run every
+                                        100 ms; BATON_PID, BATON_GENERATION,
+                                        BATON_RELEASE, BATON_APP_DIR are set)
+                            exec        its exec succeeded (the weakest)
+                          e.g. --ready after:2s
+                               --ready 'check:curl -fsS http://127.0.0.1:8081/health'
+  --ready-timeout SPAN    how long a new generation may take to be ready; it
+                          already accepts connections meanwhile
                           [default: 60s] e.g. --ready-timeout 30s
-  --stop-timeout SPAN     how long a retired generation may drain after SIGTERM
-                          before SIGKILL [default: 30s] e.g. --stop-timeout 10s
+  --stop-signal SIG       the signal that asks a generation to drain and exit:
+                          a name or a number [default: TERM]
+                          e.g. --stop-signal QUIT (uWSGI, nginx), --stop-signal INT
+  --stop-target WHO       send it to the generation's whole process group, or
+                          only to its leader, which stops its own workers
+                          [default: group] e.g. --stop-target leader
+  --stop-timeout SPAN     how long a retired generation may drain after its stop
+                          signal before SIGKILL to its whole process group
+                          [default: 30s] e.g. --stop-timeout 10s
   --soak SPAN             keep the old generation serving beside the new one
                           until the new one has been ready this long
                           [default: 0] e.g. --soak 30s
@@ -198,7 +220,9 @@ pub struct RunArgs {
     pub config: PathBuf,
     pub app_dir: Option<PathBuf>,
     pub listen: Vec<String>,
+    pub ready: Mode,
     pub ready_timeout: Duration,
+    pub stop: Stop,
     pub stop_timeout: Duration,
     pub soak: Duration,
     pub probation: Duration,
@@ -374,7 +398,9 @@ fn parse_run(rest: &[String]) -> Result<Command, UsageError> {
         config: PathBuf::new(),
         app_dir: None,
         listen: Vec::new(),
+        ready: Mode::Notify,
         ready_timeout: Duration::from_secs(60),
+        stop: Stop::default(),
         stop_timeout: Duration::from_secs(30),
         soak: Duration::ZERO,
         probation: Duration::from_secs(10),
@@ -391,6 +417,21 @@ fn parse_run(rest: &[String]) -> Result<Command, UsageError> {
                     .map_err(|e| usage(format!("run: --listen '{addr}': {e}")))?;
                 run.listen.push(addr.to_owned());
             }
+            "--ready" => {
+                let v = a.value(flag, inline)?;
+                run.ready =
+                    Mode::parse(v).map_err(|e| usage(format!("run: --ready '{v}': {e}")))?;
+            }
+            "--stop-signal" => {
+                let v = a.value(flag, inline)?;
+                run.stop.signal = StopSignal::parse(v)
+                    .map_err(|e| usage(format!("run: --stop-signal '{v}': {e}")))?;
+            }
+            "--stop-target" => {
+                let v = a.value(flag, inline)?;
+                run.stop.target = StopTarget::parse(v)
+                    .map_err(|e| usage(format!("run: --stop-target '{v}': {e}")))?;
+            }
             "--ready-timeout" => run.ready_timeout = nonzero(a.span(flag, inline)?, flag)?,
             "--stop-timeout" => run.stop_timeout = nonzero(a.span(flag, inline)?, flag)?,
             "--soak" => run.soak = a.span(flag, inline)?,
@@ -405,6 +446,9 @@ fn parse_run(rest: &[String]) -> Result<Command, UsageError> {
     }
     run.config = config
         .ok_or_else(|| usage("run: --config PATH is required (the current.conf to watch)"))?;
+    run.ready
+        .fits(run.ready_timeout)
+        .map_err(|e| usage(format!("run: --ready: {e}")))?;
     Ok(Command::Run(run))
 }
 
@@ -525,6 +569,69 @@ mod tests {
         assert_eq!(r.ready_timeout, Duration::from_millis(500));
         assert_eq!(r.stop_timeout, Duration::from_secs(2));
         assert!(r.insecure_permissions);
+        assert_eq!(r.ready, Mode::Notify);
+        assert_eq!(r.stop, Stop::default());
+    }
+
+    #[test]
+    fn readiness_and_stop_flags() {
+        let parse_run = |v: &[&str]| {
+            let mut a = vec!["run".to_owned(), "--config".into(), "/c".into()];
+            a.extend(v.iter().map(|s| s.to_string()));
+            match parse(&a) {
+                Ok(Command::Run(r)) => Ok(r),
+                Ok(other) => panic!("{other:?}"),
+                Err(e) => Err(e.0),
+            }
+        };
+        let r = parse_run(&[
+            "--ready",
+            "check:curl -fsS http://127.0.0.1:8081/",
+            "--stop-signal",
+            "QUIT",
+            "--stop-target=leader",
+        ])
+        .unwrap();
+        assert_eq!(
+            r.ready,
+            Mode::Check("curl -fsS http://127.0.0.1:8081/".into())
+        );
+        assert_eq!(r.stop.signal.to_string(), "SIGQUIT");
+        assert_eq!(r.stop.target, StopTarget::Leader);
+        let r = parse_run(&["--ready=after:2s", "--stop-signal=2"]).unwrap();
+        assert_eq!(r.ready, Mode::After(Duration::from_secs(2)));
+        assert_eq!(r.stop.signal.to_string(), "SIGINT");
+        assert_eq!(parse_run(&["--ready", "exec"]).unwrap().ready, Mode::Exec);
+        for (args, want) in [
+            (
+                vec!["--ready", "sometimes"],
+                "run: --ready 'sometimes': 'sometimes' is not a readiness mode",
+            ),
+            (vec!["--ready", "after:0"], "greater than zero"),
+            (vec!["--ready", "check:"], "check: needs a command"),
+            (vec!["--ready"], "--ready needs a value"),
+            (
+                vec!["--ready", "after:1min"],
+                "run: --ready: ready after:1min can never be met: the span must be shorter than --ready-timeout 1min",
+            ),
+            (
+                vec!["--ready", "after:10s", "--ready-timeout", "5s"],
+                "shorter than --ready-timeout 5s",
+            ),
+            (
+                vec!["--stop-signal", "KILL"],
+                "run: --stop-signal 'KILL': SIGKILL cannot be a stop signal",
+            ),
+            (vec!["--stop-signal", "NOPE"], "'NOPE' is not a signal name"),
+            (
+                vec!["--stop-target", "all"],
+                "run: --stop-target 'all': 'all' is neither group nor leader",
+            ),
+        ] {
+            let e = parse_run(&args).expect_err(&format!("{args:?}"));
+            assert!(e.contains(want), "{args:?}: {e}");
+            assert!(!e.contains('\n'));
+        }
     }
 
     #[test]

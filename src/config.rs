@@ -1,12 +1,16 @@
 //! current.conf -> [`Release`].
 //!
 //! The file is JSON naming the live pair:
-//! `{"bin.file": "~/app/release/app.2.0", "cfg.file": "~/app/release/cfg.2.0"}`.
+//! `{"bin.file": "~/app/release/app.2.0", "cfg.file": "~/app/release/cfg.2.0"}`,
+//! optionally with settings for that release alone ([`Opts`]): `"ready"`
+//! (a readiness mode), `"stop.signal"`, `"stop.target"` and `"env"` (an
+//! object of variables).
 //! Paths in it follow [`crate::paths::expand`]: `~/` is the home of the user
 //! baton runs as, a relative path is relative to the directory holding
 //! current.conf. Every error names the file and the reason, and none of them
 //! is fatal: the caller keeps serving.
 
+use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fmt;
 use std::fs::File;
@@ -15,12 +19,20 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use serde_json::{Map, Value};
+
+use crate::inherit::FOR_BATON_ONLY;
+use crate::readiness;
+use crate::stop::{StopSignal, StopTarget};
+
 /// current.conf is a few hundred bytes; anything past this is refused
 /// unread, so a runaway file cannot grow baton's memory.
 pub const MAX_CONF_BYTES: u64 = 64 * 1024;
 
-/// The pair current.conf names: what one generation runs.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+/// What current.conf names: what one generation runs. Two releases are the
+/// same only if every field is: a change of any setting is a new release
+/// to roll out, even with the same files.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
 pub struct Release {
     /// Absolute path of the executable, as named (symlinks are resolved by
     /// the kernel at exec time, so a swapped link takes effect on the next
@@ -28,6 +40,55 @@ pub struct Release {
     pub bin: PathBuf,
     /// Absolute path of the config file, passed as `-c`.
     pub cfg: PathBuf,
+    /// Settings for this release alone, over baton's flags. (Absent from
+    /// the state an older baton hands over: none.)
+    #[serde(default)]
+    pub opts: Opts,
+}
+
+/// The optional per-release keys of current.conf. Each `None` (or an empty
+/// `env`) means baton's flag (or nothing) applies.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
+pub struct Opts {
+    /// `"ready"`: how this release shows it is ready (over `--ready`).
+    pub ready: Option<readiness::Mode>,
+    /// `"stop.signal"`: what asks it to drain (over `--stop-signal`).
+    pub stop_signal: Option<StopSignal>,
+    /// `"stop.target"`: group or leader (over `--stop-target`).
+    pub stop_target: Option<StopTarget>,
+    /// `"env"`: variables set for its generations (and its checks), over
+    /// what baton inherited; never LISTEN_* or NOTIFY_SOCKET.
+    pub env: BTreeMap<String, String>,
+}
+
+impl Opts {
+    pub fn is_empty(&self) -> bool {
+        *self == Opts::default()
+    }
+
+    /// The keys as current.conf spells them, for a file that carries them
+    /// (see `supervisor::links`); [`parse_opts`] reads them back.
+    pub fn to_json(&self) -> Map<String, Value> {
+        let mut m = Map::new();
+        if let Some(r) = &self.ready {
+            m.insert("ready".into(), Value::String(r.to_string()));
+        }
+        if let Some(s) = self.stop_signal {
+            m.insert("stop.signal".into(), Value::String(s.to_string()));
+        }
+        if let Some(t) = self.stop_target {
+            m.insert("stop.target".into(), Value::String(t.to_string()));
+        }
+        if !self.env.is_empty() {
+            let env = self
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                .collect();
+            m.insert("env".into(), Value::Object(env));
+        }
+        m
+    }
 }
 
 impl Release {
@@ -202,21 +263,18 @@ pub fn parse(bytes: &[u8], base: &Path, home: Option<&Path>) -> Result<Parsed, S
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err("is empty; expected {\"bin.file\": ..., \"cfg.file\": ...}".into());
     }
-    let value: serde_json::Value =
-        serde_json::from_slice(bytes).map_err(|e| format!("invalid JSON: {e}"))?;
-    let serde_json::Value::Object(map) = value else {
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| format!("invalid JSON: {e}"))?;
+    let Value::Object(map) = value else {
         return Err("must be a JSON object like {\"bin.file\": ..., \"cfg.file\": ...}".into());
     };
     let get = |key: &str| -> Result<PathBuf, String> {
         match map.get(key) {
             None => Err(format!("missing key \"{key}\"")),
-            Some(serde_json::Value::String(s)) if s.is_empty() => {
-                Err(format!("\"{key}\" is empty"))
-            }
-            Some(serde_json::Value::String(s)) if s.contains('\0') => {
+            Some(Value::String(s)) if s.is_empty() => Err(format!("\"{key}\" is empty")),
+            Some(Value::String(s)) if s.contains('\0') => {
                 Err(format!("\"{key}\" contains a NUL byte"))
             }
-            Some(serde_json::Value::String(s)) => {
+            Some(Value::String(s)) => {
                 crate::paths::expand(s, base, home).map_err(|e| format!("\"{key}\": {e}"))
             }
             Some(_) => Err(format!("\"{key}\" must be a string (a path)")),
@@ -225,13 +283,102 @@ pub fn parse(bytes: &[u8], base: &Path, home: Option<&Path>) -> Result<Parsed, S
     let release = Release {
         bin: get("bin.file")?,
         cfg: get("cfg.file")?,
+        opts: parse_opts(&map)?,
     };
     let warnings = map
         .keys()
-        .filter(|k| !matches!(k.as_str(), "bin.file" | "cfg.file"))
+        .filter(|k| {
+            !matches!(k.as_str(), "bin.file" | "cfg.file") && !OPT_KEYS.contains(&k.as_str())
+        })
         .map(|k| format!("unknown key \"{}\" ignored", k.escape_debug()))
         .collect();
     Ok(Parsed { release, warnings })
+}
+
+/// The per-release keys ([`Opts`]).
+pub const OPT_KEYS: [&str; 4] = ["ready", "stop.signal", "stop.target", "env"];
+
+/// Reads the per-release keys of a current.conf object (others are not
+/// looked at). Errors name the key and the reason.
+pub fn parse_opts(map: &Map<String, Value>) -> Result<Opts, String> {
+    let text = |key: &str| -> Result<Option<&str>, String> {
+        match map.get(key) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(format!("\"{key}\" must be a string")),
+        }
+    };
+    let ready = text("ready")?
+        .map(|s| readiness::Mode::parse(s).map_err(|e| format!("\"ready\": {e}")))
+        .transpose()?;
+    let stop_signal = match map.get("stop.signal") {
+        None => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        Some(_) => {
+            return Err("\"stop.signal\" must be a signal name or number, as in \"QUIT\"".into());
+        }
+    }
+    .map(|s| StopSignal::parse(&s).map_err(|e| format!("\"stop.signal\": {e}")))
+    .transpose()?;
+    let stop_target = text("stop.target")?
+        .map(|s| StopTarget::parse(s).map_err(|e| format!("\"stop.target\": {e}")))
+        .transpose()?;
+    let env = match map.get("env") {
+        None => BTreeMap::new(),
+        Some(Value::Object(vars)) => {
+            let mut env = BTreeMap::new();
+            for (name, value) in vars {
+                check_env_name(name)?;
+                let Value::String(value) = value else {
+                    return Err(format!(
+                        "\"env\": the value of \"{}\" must be a string",
+                        name.escape_debug()
+                    ));
+                };
+                if value.contains('\0') {
+                    return Err(format!(
+                        "\"env\": the value of \"{}\" contains a NUL byte",
+                        name.escape_debug()
+                    ));
+                }
+                env.insert(name.clone(), value.clone());
+            }
+            env
+        }
+        Some(_) => {
+            return Err("\"env\" must be an object of strings, as in {\"PORT\": \"8000\"}".into());
+        }
+    };
+    Ok(Opts {
+        ready,
+        stop_signal,
+        stop_target,
+        env,
+    })
+}
+
+/// A variable a release may set: a name the environment can hold (not
+/// empty, no '=' or NUL), and not one of the variables baton sets for each
+/// generation (LISTEN_*, NOTIFY_SOCKET) or keeps for itself: those are
+/// refused rather than ignored, so a release never runs believing it set
+/// one.
+fn check_env_name(name: &str) -> Result<(), String> {
+    let shown = name.escape_debug();
+    if name.is_empty() {
+        return Err("\"env\": a variable name is empty".into());
+    }
+    if name.contains('=') || name.contains('\0') {
+        return Err(format!(
+            "\"env\": \"{shown}\" is not a variable name (it contains '=' or a NUL byte)"
+        ));
+    }
+    if name.starts_with("LISTEN_") || FOR_BATON_ONLY.contains(&name) {
+        return Err(format!(
+            "\"env\": \"{shown}\" is baton's to set for each generation (LISTEN_*, NOTIFY_SOCKET); remove it"
+        ));
+    }
+    Ok(())
 }
 
 /// The files a release names exist, are of the right kind, and are safe to
@@ -377,6 +524,7 @@ mod tests {
         assert_eq!(r.release.bin, Path::new("/opt/bin/app.1.0"));
         assert_eq!(r.release.cfg, Path::new("/srv/app/release/cfg.9"));
         assert_eq!(r.release.name(), "app.1.0 (cfg.9)");
+        assert!(r.release.opts.is_empty());
     }
 
     #[test]
@@ -413,6 +561,150 @@ mod tests {
     fn unknown_keys_warn() {
         let r = p(r#"{"bin.file": "a", "cfg.file": "b", "colour": "blue"}"#).unwrap();
         assert_eq!(r.warnings, vec!["unknown key \"colour\" ignored"]);
+        let r = p(
+            r#"{"bin.file": "a", "cfg.file": "b", "ready": "exec", "stop.signal": "QUIT", "stop.target": "leader", "env": {}, "stop.timeout": "5s"}"#,
+        )
+        .unwrap();
+        assert_eq!(r.warnings, vec!["unknown key \"stop.timeout\" ignored"]);
+    }
+
+    #[test]
+    fn per_release_settings() {
+        let r = p(r#"{"bin.file": "a", "cfg.file": "b"}"#).unwrap();
+        assert!(r.release.opts.is_empty());
+        let r = p(
+            r#"{"bin.file": "app.2.0", "cfg.file": "cfg.2.0", "ready": "after:2s",
+                     "stop.signal": "QUIT", "stop.target": "leader",
+                     "env": {"PORT": "8000", "APP_CONFIG": "/srv/app/cfg.2.0", "EMPTY": ""}}"#,
+        )
+        .unwrap();
+        let o = &r.release.opts;
+        assert_eq!(
+            o.ready,
+            Some(readiness::Mode::After(std::time::Duration::from_secs(2)))
+        );
+        assert_eq!(o.stop_signal, Some(StopSignal::parse("SIGQUIT").unwrap()));
+        assert_eq!(o.stop_target, Some(StopTarget::Leader));
+        assert_eq!(
+            o.env
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>(),
+            ["APP_CONFIG=/srv/app/cfg.2.0", "EMPTY=", "PORT=8000"]
+        );
+        assert_eq!(r.release.name(), "app.2.0", "the name stays the files'");
+        assert!(r.warnings.is_empty());
+        // A number is a signal too.
+        let r = p(r#"{"bin.file": "a", "cfg.file": "b", "stop.signal": 3}"#).unwrap();
+        assert_eq!(r.release.opts.stop_signal.unwrap().to_string(), "SIGQUIT");
+        // What a file carrying them says reads back the same.
+        let back = parse_opts(&o.to_json()).unwrap();
+        assert_eq!(&back, o);
+        assert!(Opts::default().to_json().is_empty());
+    }
+
+    #[test]
+    fn a_change_of_any_setting_is_another_release() {
+        let base = r#""bin.file": "app.2.0", "cfg.file": "cfg.2.0""#;
+        let plain = p(&format!("{{{base}}}")).unwrap().release;
+        let variants = [
+            r#""ready": "exec""#,
+            r#""ready": "notify""#,
+            r#""stop.signal": "TERM""#,
+            r#""stop.target": "group""#,
+            r#""env": {"A": "1"}"#,
+        ];
+        let mut seen = vec![plain.clone()];
+        for v in variants {
+            let r = p(&format!("{{{base}, {v}}}")).unwrap().release;
+            assert_eq!(r.name(), "app.2.0");
+            assert!(!seen.contains(&r), "{v} is another release");
+            seen.push(r);
+        }
+        // Key order in the file does not matter.
+        let a = p(r#"{"bin.file": "a", "cfg.file": "b", "env": {"A": "1", "B": "2"}}"#).unwrap();
+        let b = p(r#"{"env": {"B": "2", "A": "1"}, "cfg.file": "b", "bin.file": "a"}"#).unwrap();
+        assert_eq!(a.release, b.release);
+    }
+
+    #[test]
+    fn bad_settings_say_which_key_and_why() {
+        let cases = [
+            (
+                r#""ready": "sometimes""#,
+                "\"ready\": 'sometimes' is not a readiness mode",
+            ),
+            (
+                r#""ready": "after:0""#,
+                "\"ready\": after:0: the span must be greater than zero",
+            ),
+            (r#""ready": "check:""#, "\"ready\": check: needs a command"),
+            (r#""ready": 2"#, "\"ready\" must be a string"),
+            (
+                r#""stop.signal": "KILL""#,
+                "\"stop.signal\": SIGKILL cannot be a stop signal",
+            ),
+            (
+                r#""stop.signal": "TERMINATE""#,
+                "\"stop.signal\": 'TERMINATE' is not a signal name",
+            ),
+            (
+                r#""stop.signal": 99"#,
+                "\"stop.signal\": 99 is not a signal number",
+            ),
+            (
+                r#""stop.signal": true"#,
+                "\"stop.signal\" must be a signal name or number",
+            ),
+            (
+                r#""stop.target": "master""#,
+                "\"stop.target\": 'master' is neither group nor leader",
+            ),
+            (r#""env": ["A=1"]"#, "\"env\" must be an object of strings"),
+            (
+                r#""env": {"A": 1}"#,
+                "\"env\": the value of \"A\" must be a string",
+            ),
+            (
+                r#""env": {"A": null}"#,
+                "\"env\": the value of \"A\" must be a string",
+            ),
+            (
+                r#""env": {"A": "x\u0000y"}"#,
+                "\"env\": the value of \"A\" contains a NUL byte",
+            ),
+            (r#""env": {"": "1"}"#, "\"env\": a variable name is empty"),
+            (
+                r#""env": {"A=B": "1"}"#,
+                "\"env\": \"A=B\" is not a variable name",
+            ),
+            (r#""env": {"A\u0000": "1"}"#, "is not a variable name"),
+            (
+                r#""env": {"NOTIFY_SOCKET": "/x"}"#,
+                "\"env\": \"NOTIFY_SOCKET\" is baton's to set",
+            ),
+            (
+                r#""env": {"LISTEN_FDS": "2"}"#,
+                "\"env\": \"LISTEN_FDS\" is baton's to set",
+            ),
+            (
+                r#""env": {"LISTEN_PID": "2"}"#,
+                "\"LISTEN_PID\" is baton's to set",
+            ),
+            (
+                r#""env": {"LISTEN_FDNAMES": "x"}"#,
+                "\"LISTEN_FDNAMES\" is baton's to set",
+            ),
+            (
+                r#""env": {"LISTEN_ANYTHING": "x"}"#,
+                "\"LISTEN_ANYTHING\" is baton's to set",
+            ),
+        ];
+        for (extra, want) in cases {
+            let text = format!(r#"{{"bin.file": "a", "cfg.file": "b", {extra}}}"#);
+            let e = p(&text).expect_err(&text);
+            assert!(e.contains(want), "{text}: {e}");
+        }
     }
 
     #[test]

@@ -90,6 +90,7 @@ pub mod sockets;
 pub mod span;
 pub mod spawn;
 pub mod state;
+pub mod stop;
 pub mod supervisor;
 pub mod systemd;
 pub mod watch;

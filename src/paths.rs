@@ -5,6 +5,7 @@
 //!   <app-dir>/                 the app's working directory
 //!     app.bin -> release/...   links to what serves (kept by baton)
 //!     app.cfg -> release/...
+//!     app.opts                 the live release's own settings, if any
 //!     baton.state              baton's state (JSON), replaced atomically
 //!     baton.lock               flock held while baton runs
 //!     release/current.conf     names the live release
@@ -24,6 +25,10 @@ pub const LOCK_FILE: &str = "baton.lock";
 /// Links in the app dir to the live release's files.
 pub const BIN_LINK: &str = "app.bin";
 pub const CFG_LINK: &str = "app.cfg";
+/// Beside the links: the per-release keys of the current.conf that named
+/// the live release (JSON, mode 0600: `env` may hold secrets); absent when
+/// it had none.
+pub const OPTS_FILE: &str = "app.opts";
 
 /// Where one baton's files are, as given on the command line.
 #[derive(Debug, Clone, PartialEq)]

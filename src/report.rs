@@ -154,6 +154,7 @@ pub fn rollout_record(r: &RolloutInfo, pid: u32) -> RolloutRecord {
         release: r.release.as_ref().map(|i| Release {
             bin: i.bin.clone(),
             cfg: i.cfg.clone(),
+            opts: Default::default(),
         }),
         generation: r.generation,
         trigger: r.trigger,

@@ -107,17 +107,36 @@ const LISTEN_PID_PREFIX: &[u8] = b"LISTEN_PID=";
 /// Room for the digits of any pid, plus the NUL.
 const PID_DIGITS: usize = 20;
 
-/// The generation's environment, less LISTEN_PID (written by the child):
-/// what baton inherited, minus every variable meant for baton alone
+/// What every program baton starts for a release begins with: what baton
+/// inherited, minus every variable meant for baton alone
 /// ([`FOR_BATON_ONLY`]: an inherited NOTIFY_SOCKET or LISTEN_FDS is dropped,
-/// never merely shadowed), then the generation's own LISTEN_FDS,
-/// LISTEN_FDNAMES and NOTIFY_SOCKET.
+/// never merely shadowed), then the release's own `"env"` (replacing an
+/// inherited variable of the same name). current.conf never names a
+/// variable baton sets itself (see `config::parse_opts`).
+pub fn release_environment(
+    inherited: &[(OsString, OsString)],
+    release: &Release,
+) -> Vec<(OsString, OsString)> {
+    let own = &release.opts.env;
+    let mut env: Vec<(OsString, OsString)> = inherited
+        .iter()
+        .filter(|(k, _)| {
+            !FOR_BATON_ONLY.iter().any(|n| k.as_bytes() == n.as_bytes())
+                && !k.to_str().is_some_and(|k| own.contains_key(k))
+        })
+        .cloned()
+        .collect();
+    env.extend(own.iter().map(|(k, v)| (k.into(), v.into())));
+    env
+}
+
+/// The generation's environment, less LISTEN_PID (written by the child):
+/// [`release_environment`], then the generation's own LISTEN_FDS,
+/// LISTEN_FDNAMES and NOTIFY_SOCKET, set last so nothing overrides them.
 fn environment(spec: &Spec) -> Result<Vec<CString>, SpawnError> {
-    let mut env = Vec::with_capacity(spec.env.len() + 3);
-    for (k, v) in spec.env {
-        if FOR_BATON_ONLY.iter().any(|n| k.as_bytes() == n.as_bytes()) {
-            continue;
-        }
+    let base = release_environment(spec.env, spec.release);
+    let mut env = Vec::with_capacity(base.len() + 3);
+    for (k, v) in &base {
         let mut kv = k.as_bytes().to_vec();
         kv.push(b'=');
         kv.extend_from_slice(v.as_bytes());
@@ -638,6 +657,7 @@ mod tests {
         let release = Release {
             bin: "/r/app.1.0".into(),
             cfg: "/r/cfg.1.0".into(),
+            ..Default::default()
         };
         let env: Vec<(OsString, OsString)> = [
             ("PATH", "/usr/bin"),
@@ -670,6 +690,50 @@ mod tests {
                 "PATH=/usr/bin",
                 "LANG=C.UTF-8",
                 "LISTEN_FDS=2",
+                "NOTIFY_SOCKET=/run/app/notify.sock"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_releases_own_variables_replace_inherited_ones_and_never_baton_s() {
+        let mut release = Release {
+            bin: "/r/app.1.0".into(),
+            cfg: "/r/cfg.1.0".into(),
+            ..Default::default()
+        };
+        release.opts.env = [("PATH", "/opt/app/bin"), ("APP_MODE", "fast")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let env: Vec<(OsString, OsString)> = [
+            ("PATH", "/usr/bin"),
+            ("NOTIFY_SOCKET", "/run/systemd/notify"),
+            ("LANG", "C.UTF-8"),
+        ]
+        .iter()
+        .map(|(k, v)| (OsString::from(k), OsString::from(v)))
+        .collect();
+        let spec = Spec {
+            release: &release,
+            listeners: &[3],
+            fdnames: None,
+            notify_socket: Path::new("/run/app/notify.sock"),
+            env: &env,
+            cwd: Path::new("/"),
+        };
+        let got: Vec<String> = environment(&spec)
+            .unwrap()
+            .into_iter()
+            .map(|c| c.into_string().unwrap())
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "LANG=C.UTF-8",
+                "APP_MODE=fast",
+                "PATH=/opt/app/bin",
+                "LISTEN_FDS=1",
                 "NOTIFY_SOCKET=/run/app/notify.sock"
             ]
         );

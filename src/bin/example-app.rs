@@ -6,15 +6,22 @@
 //!
 //! ```json
 //! {"release": "2.0", "ready_delay_ms": 0, "never_ready": false,
+//!  "notify": true, "ready_file": null,
 //!  "exit_before_ready": null, "crash_after_ms": null, "ignore_sigterm": false,
+//!  "drain_on": ["TERM", "INT"], "exit_on": [],
 //!  "workers": 0, "ready_from_worker": false, "status": null}
 //! ```
 //!
 //! `GET /` answers `release 2.0 pid 1234`; `GET /info` answers JSON about
-//! what the process inherited; `GET /slow?ms=N` answers after N ms. It sends
-//! READY=1 once it accepts; on SIGTERM it stops accepting, finishes what is
-//! in flight (answering each keep-alive connection's next request with
-//! `Connection: close`) and exits 0.
+//! what the process inherited; `GET /slow?ms=N` answers after N ms. It
+//! accepts at once and is ready `ready_delay_ms` later (never, with
+//! `never_ready`): then it sends READY=1 (unless `notify` is false) and
+//! creates `ready_file` (`%p` in it is its pid), which a `check:` can look
+//! for. On a signal in `drain_on` it stops accepting, finishes what is in
+//! flight (answering each keep-alive connection's next request with
+//! `Connection: close`) and exits 0; on one in `exit_on` it exits 0 at once,
+//! dropping what is in flight (as servers whose SIGTERM is brutal do). It
+//! logs each of those signals as it receives it, and so do its workers.
 //!
 //! The listening socket is left in blocking mode (its O_NONBLOCK flag is
 //! shared with every other generation): each socket has an accept thread in
@@ -43,7 +50,42 @@ struct Config {
     workers: u32,
     ready_from_worker: bool,
     status: Option<String>,
+    #[serde(default = "yes")]
+    notify: bool,
+    ready_file: Option<String>,
+    #[serde(default = "drain_signals")]
+    drain_on: Vec<String>,
+    exit_on: Vec<String>,
 }
+
+fn yes() -> bool {
+    true
+}
+
+fn drain_signals() -> Vec<String> {
+    vec!["TERM".into(), "INT".into()]
+}
+
+fn signal_named(name: &str) -> Signal {
+    let full = if name.starts_with("SIG") {
+        name.to_owned()
+    } else {
+        format!("SIG{name}")
+    };
+    full.parse()
+        .unwrap_or_else(|_| fail(&format!("unknown signal {name:?}")))
+}
+
+/// What a worker waits for: the signals a stop could bring.
+const WORKER_SIGNALS: [Signal; 7] = [
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGQUIT,
+    Signal::SIGHUP,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGWINCH,
+];
 
 static DRAINING: AtomicBool = AtomicBool::new(false);
 
@@ -60,12 +102,20 @@ fn main() {
         // --notify-ready it reports READY=1 on its leader's behalf first
         // (baton accepts it by process group: the sender must still exist
         // when baton reads the datagram, as with systemd's NotifyAccess).
+        let mut set = SigSet::empty();
+        for s in WORKER_SIGNALS {
+            set.add(s);
+        }
+        set.thread_block().expect("sigmask");
         if args.get(2).map(String::as_str) == Some("--notify-ready") {
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
         }
-        loop {
-            std::thread::park();
-        }
+        let sig = set.wait().expect("sigwait");
+        eprintln!(
+            "example-app worker[{}]: received {sig}; exiting",
+            std::process::id()
+        );
+        std::process::exit(0);
     }
     let cfg_path = match args
         .iter()
@@ -89,11 +139,17 @@ fn main() {
     let pid = std::process::id();
     let info = info_json(&release, &fds_at_start);
 
-    // SIGTERM/SIGINT are read by the main thread with sigwait; SIGUSR1 only
-    // interrupts a blocking accept (no SA_RESTART).
+    // The stop signals (drain_on, exit_on) are read by the main thread with
+    // sigwait; SIGUSR1 only interrupts a blocking accept (no SA_RESTART).
+    let drain_on: Vec<Signal> = cfg.drain_on.iter().map(|n| signal_named(n)).collect();
+    let exit_on: Vec<Signal> = cfg.exit_on.iter().map(|n| signal_named(n)).collect();
     let mut term = SigSet::empty();
-    term.add(Signal::SIGTERM);
-    term.add(Signal::SIGINT);
+    for s in drain_on.iter().chain(&exit_on) {
+        term.add(*s);
+    }
+    if cfg.ignore_sigterm {
+        term.add(Signal::SIGTERM);
+    }
     nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&term), None).expect("sigmask");
     extern "C" fn wake(_: nix::libc::c_int) {}
     // SAFETY: the handler does nothing, which is async-signal-safe.
@@ -166,7 +222,7 @@ fn main() {
                 .args(["--worker", "--notify-ready"])
                 .spawn();
             std::mem::forget(worker);
-        } else {
+        } else if cfg.notify {
             let status = cfg
                 .status
                 .clone()
@@ -175,6 +231,12 @@ fn main() {
                 sd_notify::NotifyState::Ready,
                 sd_notify::NotifyState::Status(&status),
             ]);
+        }
+        if let Some(f) = &cfg.ready_file {
+            let path = f.replace("%p", &pid.to_string());
+            if let Err(e) = std::fs::write(&path, format!("{pid}\n")) {
+                fail(&format!("{path}: {e}"));
+            }
         }
     }
     if let Some(ms) = cfg.crash_after_ms {
@@ -194,6 +256,13 @@ fn main() {
             eprintln!("example-app[{pid}]: ignoring SIGTERM (as configured)");
             continue;
         }
+        if exit_on.contains(&sig) {
+            eprintln!(
+                "example-app[{pid}] release {release}: received {sig}; exiting at once, dropping what is in flight"
+            );
+            std::process::exit(0);
+        }
+        eprintln!("example-app[{pid}] release {release}: received {sig}; draining");
         break;
     }
     let t = Instant::now();

@@ -350,6 +350,7 @@ mod tests {
         Release {
             bin: format!("/r/app.{v}").into(),
             cfg: format!("/r/cfg.{v}").into(),
+            ..Default::default()
         }
     }
 

@@ -12,17 +12,22 @@ use std::time::{Instant, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Release;
+use crate::readiness::Progress;
 use crate::state::{GenState, Trigger};
+use crate::stop::Stop;
 
 pub type GenId = u64;
 
 // Instants cross `baton upgrade` as CLOCK_MONOTONIC readings (clock::mono).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Phase {
-    /// Spawned; waiting for readiness until `deadline` (`--ready-timeout`).
+    /// Spawned; waiting for readiness until `deadline` (`--ready-timeout`),
+    /// with what its readiness mode waits for in `progress`.
     Starting {
         #[serde(with = "crate::clock::mono")]
         deadline: Instant,
+        #[serde(default)]
+        progress: Progress,
     },
     /// Ready, serving beside the live generation until `until` (`--soak`).
     Soaking {
@@ -42,7 +47,7 @@ pub enum Phase {
         #[serde(with = "crate::clock::mono::option")]
         healthy_at: Option<Instant>,
     },
-    /// Sent SIGTERM, draining; SIGKILL at `kill_at` (`--stop-timeout`).
+    /// Sent its stop signal, draining; SIGKILL at `kill_at` (`--stop-timeout`).
     Stopping {
         #[serde(with = "crate::clock::mono")]
         kill_at: Instant,
@@ -69,7 +74,10 @@ impl Phase {
     /// The next instant at which this phase has something to do.
     pub fn deadline(&self) -> Option<Instant> {
         match *self {
-            Phase::Starting { deadline } => Some(deadline),
+            Phase::Starting {
+                deadline,
+                ref progress,
+            } => progress.deadline().into_iter().chain([deadline]).min(),
             Phase::Soaking { until } => Some(until),
             Phase::Live {
                 probation_until,
@@ -81,7 +89,7 @@ impl Phase {
         }
     }
 
-    /// Sent SIGTERM or SIGKILL already.
+    /// Sent its stop signal or SIGKILL already.
     pub fn is_retiring(&self) -> bool {
         matches!(self, Phase::Stopping { .. } | Phase::Killed)
     }
@@ -114,7 +122,10 @@ impl Generation {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sig {
-    Term,
+    /// The release's stop signal, to its group or its leader
+    /// (`--stop-signal`, `--stop-target`, or current.conf's `"stop.*"`).
+    Stop(Stop),
+    /// SIGKILL, always to the whole process group.
     Kill,
 }
 
@@ -124,8 +135,14 @@ pub enum Action {
     /// Start `release` as generation `id`; report back with `spawned` or
     /// `spawn_failed`.
     Spawn { id: GenId, release: Release },
-    /// Signal the generation's process group.
+    /// Signal the generation (see [`Sig`]).
     Signal { id: GenId, sig: Sig },
+    /// Start a readiness check attempt for generation `id`: `/bin/sh -c
+    /// command`; report its end with `check_exited`.
+    Check { id: GenId, command: String },
+    /// Kill generation `id`'s running check attempt (timed out, or the
+    /// generation no longer waits for it); its end is still reported.
+    CancelCheck { id: GenId },
     /// Generation `id` is now live: point the links at its release.
     Promote { id: GenId },
     /// READY=1 to systemd (first generation live, or a reload finished).

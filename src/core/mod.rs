@@ -30,21 +30,28 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::Now;
 use crate::config::Release;
-use crate::readiness::{self, Evidence};
+use crate::readiness::{self, Evidence, Progress, Step};
 use crate::span::format_span;
 use crate::state::Trigger;
+use crate::stop::Stop;
 
 use history::{History, Note, Outcome, RolloutRecord};
 pub use lifecycle::{Action, GenId, Generation, Phase, Sig};
 use recovery::{HeldBack, MIN_HEALTHY, Recovery};
 
-#[derive(Debug, Clone, Copy, Default)]
+/// baton's flags: what applies to every release that does not say
+/// otherwise in current.conf.
+#[derive(Debug, Clone, Default)]
 pub struct Settings {
     pub ready_timeout: Duration,
     pub stop_timeout: Duration,
     pub soak: Duration,
     pub probation: Duration,
+    /// `--ready`, unless the release's `"ready"` says otherwise.
     pub ready: readiness::Mode,
+    /// `--stop-signal` and `--stop-target`, unless the release's
+    /// `"stop.signal"`/`"stop.target"` say otherwise.
+    pub stop: Stop,
 }
 
 /// What baton has told systemd about itself, so each message goes once.
@@ -156,6 +163,35 @@ impl Core {
             .values()
             .find(|g| g.pid == Some(pid))
             .map(|g| g.id)
+    }
+
+    /// How generations of `release` show they are ready.
+    pub fn mode_of(&self, release: &Release) -> readiness::Mode {
+        release
+            .opts
+            .ready
+            .clone()
+            .unwrap_or_else(|| self.settings.ready.clone())
+    }
+
+    /// How generations of `release` are asked to stop.
+    pub fn stop_of(&self, release: &Release) -> Stop {
+        Stop {
+            signal: release
+                .opts
+                .stop_signal
+                .unwrap_or(self.settings.stop.signal),
+            target: release
+                .opts
+                .stop_target
+                .unwrap_or(self.settings.stop.target),
+        }
+    }
+
+    /// Whether `release` could ever be ready under baton's flags (an
+    /// `after:` span no shorter than --ready-timeout could not).
+    pub fn check_fits(&self, release: &Release) -> Result<(), String> {
+        self.mode_of(release).fits(self.settings.ready_timeout)
     }
 
     pub fn take_actions(&mut self) -> Vec<Action> {
@@ -306,14 +342,81 @@ impl Core {
         }
     }
 
-    /// Generation `id` showed `evidence` of being ready.
-    pub fn ready(&mut self, id: GenId, evidence: Evidence, now: Now) {
-        let Some(g) = self.gens.get_mut(&id) else {
+    /// Generation `id`'s exec succeeded (its exec-status pipe said EOF).
+    pub fn execd(&mut self, id: GenId, now: Now) {
+        let Some(g) = self.gens.get(&id) else {
             return;
         };
-        if !self.settings.ready.accepts(evidence) {
+        let mode = self.mode_of(&g.release);
+        if let Some(Phase::Starting { progress, .. }) = self.gens.get_mut(&id).map(|g| &mut g.phase)
+        {
+            let step = progress.execd(&mode, now.mono);
+            self.take_step(id, step, now);
+        }
+    }
+
+    /// A check attempt of generation `id` ended: it `passed` (exit 0), or
+    /// `how` says how it failed.
+    pub fn check_exited(&mut self, id: GenId, passed: bool, how: String, now: Now) {
+        let Some(who) = self.gens.get(&id).map(Generation::describe) else {
+            return;
+        };
+        if let Some(Phase::Starting { progress, .. }) = self.gens.get_mut(&id).map(|g| &mut g.phase)
+        {
             debug!(
-                "{} sent {evidence:?}, which its readiness mode ignores",
+                "{who}: check attempt {} {}",
+                progress.attempts,
+                if passed { "passed" } else { &how }
+            );
+            let step = progress.check_exited(passed, how, now.mono);
+            self.take_step(id, step, now);
+        }
+    }
+
+    /// Carries out what a starting generation's readiness asks for.
+    fn take_step(&mut self, id: GenId, step: Step, now: Now) {
+        match step {
+            Step::Nothing => {}
+            Step::Ready(evidence) => self.ready(id, evidence, now),
+            Step::RunCheck => {
+                if let Some(readiness::Mode::Check(command)) =
+                    self.gens.get(&id).map(|g| self.mode_of(&g.release))
+                {
+                    self.actions.push(Action::Check { id, command });
+                }
+            }
+            Step::KillCheck => {
+                if let Some(g) = self.gens.get(&id) {
+                    debug!(
+                        "{}: check attempt timed out after {}; killing it",
+                        g.describe(),
+                        format_span(readiness::CHECK_TIMEOUT)
+                    );
+                }
+                self.actions.push(Action::CancelCheck { id });
+            }
+        }
+    }
+
+    /// Generation `id` stops waiting to be ready (ready, stopped or gone):
+    /// a check attempt still running has no purpose left.
+    fn end_checks(&mut self, id: GenId) {
+        if let Some(Phase::Starting { progress, .. }) = self.gens.get(&id).map(|g| &g.phase)
+            && progress.checking()
+        {
+            self.actions.push(Action::CancelCheck { id });
+        }
+    }
+
+    /// Generation `id` showed `evidence` of being ready.
+    pub fn ready(&mut self, id: GenId, evidence: Evidence, now: Now) {
+        let Some(g) = self.gens.get(&id) else {
+            return;
+        };
+        let mode = self.mode_of(&g.release);
+        if !mode.accepts(evidence) {
+            debug!(
+                "{} sent {evidence:?}, which its readiness mode ({mode}) ignores",
                 g.describe()
             );
             return;
@@ -326,19 +429,25 @@ impl Core {
             );
             return;
         }
+        self.end_checks(id);
+        let g = self.gens.get_mut(&id).expect("checked above");
         let elapsed = now.mono.saturating_duration_since(g.started);
         if self.settings.soak > Duration::ZERO && self.live.is_some() {
             g.phase = Phase::Soaking {
                 until: now.mono + self.settings.soak,
             };
             info!(
-                "{} is ready after {}; soaking for {} beside the serving generation",
+                "{} is ready after {} ({mode}); soaking for {} beside the serving generation",
                 g.describe(),
                 format_span(elapsed),
                 format_span(self.settings.soak)
             );
         } else {
-            info!("{} is ready after {}", g.describe(), format_span(elapsed));
+            info!(
+                "{} is ready after {} ({mode})",
+                g.describe(),
+                format_span(elapsed)
+            );
             self.promote(id, now);
         }
     }
@@ -352,6 +461,7 @@ impl Core {
 
     /// Generation `id`'s leader exited (reaped); `how` says how.
     pub fn exited(&mut self, id: GenId, how: &str, now: Now) {
+        self.end_checks(id);
         let Some(g) = self.gens.remove(&id) else {
             return;
         };
@@ -376,7 +486,10 @@ impl Core {
                         .finish_generation(id, Outcome::Failed(reason.clone()), now.wall);
                     self.finish(Outcome::Failed(reason), now);
                 }
-                _ => self.fail_candidate(id, format!("exited before READY=1 ({how})"), now),
+                _ => {
+                    let awaited = self.mode_of(&g.release).awaited();
+                    self.fail_candidate(id, format!("exited before {awaited} ({how})"), now)
+                }
             }
         } else if self.live == Some(id) {
             self.live = None;
@@ -395,11 +508,27 @@ impl Core {
     /// Deadlines: ready timeouts, soaks, SIGKILL after stop-timeout,
     /// probation, the backoff reset, restart backoff.
     pub fn tick(&mut self, now: Now) {
+        // Readiness first: an `after:` span or a check that is due at the
+        // very instant of the ready timeout still counts.
+        let starting: Vec<GenId> = self
+            .gens
+            .values()
+            .filter(|g| matches!(g.phase, Phase::Starting { .. }))
+            .map(|g| g.id)
+            .collect();
+        for id in starting {
+            if let Some(Phase::Starting { progress, .. }) =
+                self.gens.get_mut(&id).map(|g| &mut g.phase)
+            {
+                let step = progress.due(now.mono);
+                self.take_step(id, step, now);
+            }
+        }
         let due: Vec<(GenId, Phase)> = self
             .gens
             .values()
             .filter(|g| match g.phase {
-                Phase::Starting { deadline } => deadline <= now.mono,
+                Phase::Starting { deadline, .. } => deadline <= now.mono,
                 Phase::Soaking { until } => until <= now.mono,
                 Phase::Stopping { kill_at } => kill_at <= now.mono,
                 _ => false,
@@ -408,11 +537,14 @@ impl Core {
             .collect();
         for (id, phase) in due {
             match phase {
-                Phase::Starting { .. } => {
-                    let reason = format!(
+                Phase::Starting { progress, .. } => {
+                    let mut reason = format!(
                         "not ready within --ready-timeout {}",
                         format_span(self.settings.ready_timeout)
                     );
+                    if let Some(story) = progress.story() {
+                        reason.push_str(&format!(" ({story})"));
+                    }
                     self.stop(id, now.mono);
                     self.fail_candidate(id, reason, now);
                 }
@@ -477,10 +609,7 @@ impl Core {
             .filter(|g| !g.phase.is_retiring())
             .map(|g| g.id)
             .collect();
-        info!(
-            "stopping: sending SIGTERM to {} generation(s)",
-            running.len()
-        );
+        info!("stopping: asking {} generation(s) to stop", running.len());
         for id in running {
             self.stop(id, now.mono);
         }
@@ -505,6 +634,7 @@ impl Core {
     fn start(&mut self, release: Release, trigger: Trigger, now: Now) -> GenId {
         let id = self.next_id;
         self.next_id += 1;
+        let progress = Progress::new(&self.mode_of(&release));
         self.gens.insert(
             id,
             Generation {
@@ -516,6 +646,7 @@ impl Core {
                 started_wall: now.wall,
                 phase: Phase::Starting {
                     deadline: now.mono + self.settings.ready_timeout,
+                    progress,
                 },
                 app_status: None,
             },
@@ -533,13 +664,21 @@ impl Core {
     }
 
     fn stop(&mut self, id: GenId, now: Instant) {
+        self.end_checks(id);
+        let stop_timeout = self.settings.stop_timeout;
+        let Some(stop) = self.gens.get(&id).map(|g| self.stop_of(&g.release)) else {
+            return;
+        };
         if let Some(g) = self.gens.get_mut(&id)
             && !g.phase.is_retiring()
         {
             g.phase = Phase::Stopping {
-                kill_at: now + self.settings.stop_timeout,
+                kill_at: now + stop_timeout,
             };
-            self.actions.push(Action::Signal { id, sig: Sig::Term });
+            self.actions.push(Action::Signal {
+                id,
+                sig: Sig::Stop(stop),
+            });
         }
     }
 

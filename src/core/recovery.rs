@@ -270,6 +270,7 @@ mod tests {
         Release {
             bin: format!("/r/app.{v}").into(),
             cfg: format!("/r/cfg.{v}").into(),
+            ..Default::default()
         }
     }
 

@@ -108,6 +108,7 @@ fn release_of(r: &ReleaseInfo) -> Release {
     Release {
         bin: r.bin.clone(),
         cfg: r.cfg.clone(),
+        opts: Default::default(),
     }
 }
 

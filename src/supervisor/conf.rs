@@ -216,6 +216,12 @@ impl Supervisor {
                 for w in &parsed.warnings {
                     warn!("{}: {w}", self.paths.config.display());
                 }
+                if let Err(e) = self.core.check_fits(&parsed.release) {
+                    let e = format!("{}: {}: {e}", self.paths.config.display(), parsed.release);
+                    error!("{e}; still serving {}", self.serving_name());
+                    self.core.conf_invalid(e, trigger, now);
+                    return;
+                }
                 self.core.want(parsed.release, trigger, now);
             }
             Err(e) => {
@@ -245,6 +251,7 @@ mod tests {
         Ok(Release {
             bin: format!("/r/app.{v}").into(),
             cfg: format!("/r/cfg.{v}").into(),
+            ..Default::default()
         })
     }
 

@@ -1,12 +1,13 @@
-//! The loop: one `poll` over signalfd, inotify, the notify socket and the
-//! exec-status pipes of new generations, with the nearest deadline as its
-//! timeout. Everything baton does happens here, in order: events go into
-//! the [`Core`], its actions come out and are carried out. Idle, baton
-//! sleeps in `poll` with no timeout at all.
+//! The loop: one `poll` over signalfd, inotify, the notify socket, the
+//! exec-status pipes of new generations and the output pipes of readiness
+//! checks, with the nearest deadline as its timeout. Everything baton does
+//! happens here, in order: events go into the [`Core`], its actions come
+//! out and are carried out. Idle, baton sleeps in `poll` with no timeout at
+//! all.
 //!
 //! - `carry`: what a new baton believes from the one before it;
-//! - `children`: starting generations, signalling them, and the one place
-//!   that reaps;
+//! - `children`: starting generations and their readiness checks,
+//!   signalling them, and the one place that reaps;
 //! - `conf`: current.conf changes, debounced, read into the core;
 //! - `intake`: notifications from generations, checked and rate-limited;
 //! - `links`: `app.bin`/`app.cfg`, pointing at what serves;
@@ -40,11 +41,11 @@ use crate::handover::ConfStamp;
 use crate::inherit::{self, Inherited};
 use crate::notify::NotifySocket;
 use crate::paths::AppPaths;
+use crate::report;
 use crate::sockets::{self, Listeners};
 use crate::state::{InstanceLock, StateWriter, Trigger};
 use crate::systemd::Systemd;
 use crate::watch::Watcher;
-use crate::{readiness, report};
 
 pub use conf::SETTLE;
 
@@ -115,6 +116,8 @@ struct Supervisor {
     /// Every generation leader not yet reaped, with its pidfd.
     children: HashMap<GenId, children::Running>,
     listeners: Listeners,
+    /// Running readiness check attempts, by generation.
+    checks: HashMap<GenId, children::CheckRun>,
     listen_fds: Vec<RawFd>,
     /// Held for baton's life: one baton per app dir.
     lock: InstanceLock,
@@ -152,7 +155,8 @@ fn settings(args: &RunArgs) -> Settings {
         stop_timeout: args.stop_timeout,
         soak: args.soak,
         probation: args.probation,
-        ready: readiness::Mode::Notify,
+        ready: args.ready.clone(),
+        stop: args.stop,
     }
 }
 
@@ -206,9 +210,15 @@ impl Supervisor {
             notify.path().display()
         );
         let image = Image::this();
+        let settings = settings(args);
+        info!(
+            "releases are ready by {} unless current.conf says otherwise; stopped with {}",
+            settings.ready, settings.stop
+        );
         let mut sup = Supervisor {
-            core: Core::new(settings(args)),
+            core: Core::new(settings),
             children: HashMap::new(),
+            checks: HashMap::new(),
             listen_fds: listeners.raw_fds(),
             listeners,
             lock,
@@ -272,14 +282,16 @@ impl Supervisor {
                 }
             };
             // The three event sources, then the exec-status pipe of every
-            // generation whose exec outcome is not known yet.
+            // generation whose exec outcome is not known yet, then the
+            // output of every running check.
             let execs = self.pending_execs();
+            let outputs = self.check_outputs();
             let mut fds = vec![
                 PollFd::new(sigfd.as_fd(), PollFlags::POLLIN),
                 PollFd::new(self.watcher.as_fd(), PollFlags::POLLIN),
                 PollFd::new(self.notify.as_fd(), PollFlags::POLLIN),
             ];
-            for (_, pipe) in &execs {
+            for (_, pipe) in execs.iter().chain(&outputs) {
                 fds.push(PollFd::new(*pipe, PollFlags::POLLIN));
             }
             match poll(&mut fds, timeout) {
@@ -292,10 +304,16 @@ impl Supervisor {
                 .collect();
             drop(fds);
             let execs: Vec<GenId> = execs.into_iter().map(|(id, _)| id).collect();
+            let outputs: Vec<GenId> = outputs.into_iter().map(|(id, _)| id).collect();
             let now = Now::read();
             for (i, id) in execs.iter().enumerate() {
                 if ready[3 + i] {
                     self.on_exec(*id, now);
+                }
+            }
+            for (i, id) in outputs.iter().enumerate() {
+                if ready[3 + execs.len() + i] {
+                    self.on_check_output(*id);
                 }
             }
             if ready[0] {
@@ -346,6 +364,8 @@ impl Supervisor {
                 match a {
                     Action::Spawn { id, release } => self.spawn(id, &release),
                     Action::Signal { id, sig } => self.signal(id, sig),
+                    Action::Check { id, command } => self.run_check(id, &command, Now::read()),
+                    Action::CancelCheck { id } => self.cancel_check(id),
                     Action::Promote { id } => {
                         if let Some(g) = self.core.get(id) {
                             links::point_at(&self.paths.app_dir, &g.release);

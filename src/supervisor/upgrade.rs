@@ -393,6 +393,7 @@ impl Supervisor {
         let mut sup = Supervisor {
             core: h.core.with_settings(settings(args)),
             children,
+            checks: std::collections::HashMap::new(),
             listen_fds: listeners.raw_fds(),
             listeners,
             lock,
