@@ -3,9 +3,12 @@
 //! It plays systemd's part for the generations: a datagram socket with
 //! SO_PASSCRED, so every message carries the sender's pid as the kernel saw
 //! it. The supervisor accepts a message only from a process of a generation.
-//! Messages with file descriptors attached have them closed; oversized ones
-//! are dropped whole; a flood is read in bounded batches into one buffer, so
-//! it can neither block the loop nor grow memory.
+//! Messages with file descriptors attached have them closed and are dropped,
+//! except a barrier (`BARRIER=1` with one fd, what `sd_notify_barrier(3)` and
+//! `systemd-notify --ready` since v246 send): closing its fd is the answer
+//! the sender waits for, and the rest of the message counts as usual.
+//! Oversized messages are dropped whole; a flood is read in bounded batches
+//! into one buffer, so it can neither block the loop nor grow memory.
 
 use std::io::IoSliceMut;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -171,6 +174,9 @@ impl NotifySocket {
             Some(format!("{bytes} bytes, more than {MAX_MESSAGE}"))
         } else if flags.contains(MsgFlags::MSG_CTRUNC) {
             Some("too many control messages".into())
+        } else if fds == 1 && is_barrier(&self.buf[..bytes]) {
+            // Its fd is closed already: that is the barrier's answer.
+            None
         } else if fds > 0 {
             Some(format!("{fds} file descriptor(s) attached (closed)"))
         } else if pid.is_none() {
@@ -216,6 +222,12 @@ fn restrict_dir(d: &Path) {
     }
 }
 
+/// A `BARRIER=1` line: the sender waits until its fd is closed, which
+/// tells it every message it sent before was read.
+fn is_barrier(text: &[u8]) -> bool {
+    text.split(|b| *b == b'\n').any(|l| l == b"BARRIER=1")
+}
+
 /// What a notification says, as far as baton cares.
 #[derive(Debug, Default, PartialEq)]
 pub struct Message {
@@ -223,6 +235,9 @@ pub struct Message {
     pub status: Option<String>,
     pub stopping: bool,
     pub reloading: bool,
+    /// `EXTEND_TIMEOUT_USEC=`: the sender needs at least this much more
+    /// time to become ready (systemd 236+).
+    pub extend_timeout: Option<std::time::Duration>,
 }
 
 /// Parses `KEY=VALUE` lines (sd_notify(3)). Pure; unknown keys are ignored,
@@ -242,6 +257,13 @@ pub fn parse(text: &[u8]) -> Result<Message, String> {
             "STATUS" => m.status = Some(truncate(value, 200).to_owned()),
             "STOPPING" => m.stopping = value == "1",
             "RELOADING" => m.reloading = value == "1",
+            "EXTEND_TIMEOUT_USEC" => {
+                // As systemd does: a value that is not a number is ignored.
+                m.extend_timeout = value
+                    .parse::<u64>()
+                    .ok()
+                    .map(std::time::Duration::from_micros)
+            }
             _ => {}
         }
     }
@@ -272,6 +294,21 @@ mod tests {
         let m = parse(b"READY=1\nSTATUS=serving 2.0\nMAINPID=4\nX-CUSTOM=y").unwrap();
         assert!(m.ready);
         assert_eq!(m.status.as_deref(), Some("serving 2.0"));
+        assert_eq!(m.extend_timeout, None);
+        assert_eq!(
+            parse(b"EXTEND_TIMEOUT_USEC=30000000\nSTATUS=warming up")
+                .unwrap()
+                .extend_timeout,
+            Some(std::time::Duration::from_secs(30))
+        );
+        assert_eq!(
+            parse(b"EXTEND_TIMEOUT_USEC=soon").unwrap().extend_timeout,
+            None
+        );
+        assert_eq!(
+            parse(b"EXTEND_TIMEOUT_USEC=-1").unwrap().extend_timeout,
+            None
+        );
         assert!(!parse(b"READY=0").unwrap().ready);
         assert!(parse(b"hello").is_err());
         assert!(parse(&[0xff, 0xfe]).is_err());
@@ -310,6 +347,75 @@ mod tests {
         drop(s);
         assert!(!path.exists());
         std::fs::remove_dir(&dir).unwrap();
+    }
+
+    /// `BARRIER=1` with one fd (sd_notify_barrier) is a message like any
+    /// other, its fd closed; any other fd-carrying message is dropped, its
+    /// fds closed too.
+    #[test]
+    fn a_barrier_keeps_its_message_and_loses_its_fd() {
+        let dir = std::env::temp_dir().join(format!("baton-notify-barrier-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut s = NotifySocket::bind(Some(&dir), &dir).unwrap();
+        let c = UnixDatagram::unbound().unwrap();
+        let addr = UnixAddr::new(s.path()).unwrap();
+        let me = std::process::id() as i32;
+        for (text, nfds, kept) in [
+            (&b"BARRIER=1"[..], 1, true),
+            (b"READY=1\nBARRIER=1", 1, true),
+            (b"BARRIER=1\n", 1, true),
+            (b"BARRIER=1", 2, false),
+            (b"READY=1", 1, false),
+            (b"BARRIER=10", 1, false),
+            (b"X-BARRIER=1", 1, false),
+        ] {
+            let (r, w) = nix::unistd::pipe().unwrap();
+            let fds = vec![w.as_raw_fd(); nfds];
+            socket::sendmsg(
+                c.as_raw_fd(),
+                &[std::io::IoSlice::new(text)],
+                &[socket::ControlMessage::ScmRights(&fds)],
+                MsgFlags::empty(),
+                Some(&addr),
+            )
+            .unwrap();
+            drop(w);
+            let got = s.recv().unwrap();
+            let shown = String::from_utf8_lossy(text);
+            if kept {
+                assert_eq!(
+                    got,
+                    Received::Message {
+                        pid: me,
+                        text: text.to_vec()
+                    },
+                    "{shown:?}"
+                );
+            } else {
+                assert!(
+                    matches!(got, Received::Dropped { .. }),
+                    "{shown:?}: {got:?}"
+                );
+            }
+            // Every copy of the write end is closed: the read end says EOF,
+            // which is what a barrier's sender waits for.
+            let mut pfd = [nix::poll::PollFd::new(
+                r.as_fd(),
+                nix::poll::PollFlags::POLLIN,
+            )];
+            nix::poll::poll(&mut pfd, nix::poll::PollTimeout::ZERO).unwrap();
+            assert!(
+                pfd[0]
+                    .revents()
+                    .unwrap()
+                    .contains(nix::poll::PollFlags::POLLHUP),
+                "{shown:?}: the fd was closed"
+            );
+        }
+        let m = parse(b"READY=1\nBARRIER=1").unwrap();
+        assert!(m.ready);
+        drop(s);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// As many fds as one datagram can carry: every one is closed. (With a

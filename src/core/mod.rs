@@ -452,6 +452,26 @@ impl Core {
         }
     }
 
+    /// EXTEND_TIMEOUT_USEC= from generation `id`: while it starts, its
+    /// ready deadline moves to at least `more` from now (as systemd does
+    /// with TimeoutStartSec), so a slow app can keep a short
+    /// `--ready-timeout` from failing it.
+    pub fn extend_timeout(&mut self, id: GenId, more: Duration, now: Now) {
+        if let Some(g) = self.gens.get_mut(&id)
+            && let Phase::Starting { deadline, .. } = &mut g.phase
+        {
+            let asked = now.mono + more;
+            if asked > *deadline {
+                *deadline = asked;
+                info!(
+                    "{} asked for {} more to become ready (EXTEND_TIMEOUT_USEC); waiting until then",
+                    g.describe(),
+                    format_span(more)
+                );
+            }
+        }
+    }
+
     /// STATUS= from generation `id`.
     pub fn app_status(&mut self, id: GenId, text: String) {
         if let Some(g) = self.gens.get_mut(&id) {

@@ -1002,3 +1002,22 @@ fn an_after_span_no_shorter_than_the_ready_timeout_never_fits() {
     assert!(e.contains("shorter than --ready-timeout 5s"), "{e}");
     assert_eq!(r.f.check_fits(&rel("2.0")), Ok(()));
 }
+
+#[test]
+fn extend_timeout_moves_the_ready_deadline_later_never_earlier() {
+    let mut r = Rig::new(settings());
+    r.want("1.0", 0.0);
+    r.ready(1, 0.1);
+    r.want("2.0", 1.0);
+    let deadline = |r: &Rig| r.f.get(2).and_then(|g| g.phase.deadline());
+    assert_eq!(deadline(&r), Some(r.at(6.0).mono));
+    r.f.extend_timeout(2, Duration::from_secs(1), r.at(2.0));
+    assert_eq!(deadline(&r), Some(r.at(6.0).mono), "never earlier");
+    r.f.extend_timeout(2, Duration::from_secs(10), r.at(2.0));
+    assert_eq!(deadline(&r), Some(r.at(12.0).mono));
+    assert_eq!(r.tick(6.0), vec![], "the old deadline no longer fails it");
+    assert_eq!(r.ready(2, 11.0), vec![Action::Promote { id: 2 }, term(1)]);
+    // Once live, extending changes nothing.
+    r.f.extend_timeout(2, Duration::from_secs(100), r.at(12.0));
+    assert_eq!(deadline(&r), Some(r.at(21.0).mono), "its probation");
+}

@@ -103,6 +103,9 @@ impl Supervisor {
                 if let Some(s) = m.status {
                     self.core.app_status(id, s);
                 }
+                if let Some(more) = m.extend_timeout {
+                    self.core.extend_timeout(id, more, now);
+                }
                 if m.ready {
                     debug!("READY=1 from generation {id} (pid {pid})");
                     self.core.ready(id, Evidence::Notified, now);
