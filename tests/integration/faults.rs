@@ -164,6 +164,9 @@ fn ready_from_a_stranger_is_ignored() {
         .unwrap();
     rig.wait_log("which is not part of any generation");
     rig.wait_log("not ready within --ready-timeout 3s");
+    // Stopped, generation 2 still accepts until its drain begins: ask who
+    // serves once it is gone.
+    rig.assert_children(1);
     assert_eq!(
         rig.serving(),
         Some(("1.0".into(), pid)),
