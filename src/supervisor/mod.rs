@@ -337,7 +337,8 @@ impl Supervisor {
         }
     }
 
-    /// STATUS= and the state file, each only when changed.
+    /// The state file and STATUS=, each only when changed; the file first,
+    /// so that whoever sees a STATUS= finds the state file saying as much.
     fn publish(&mut self) {
         let state = report::state(
             &self.core,
@@ -350,8 +351,8 @@ impl Supervisor {
                 last_upgrade: self.upgrades.last(),
             },
         );
-        self.systemd.status(&state.status);
         self.state.write(&state);
+        self.systemd.status(&state.status);
     }
 
     fn carry_out(&mut self) {
