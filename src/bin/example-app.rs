@@ -6,7 +6,7 @@
 //!
 //! ```json
 //! {"release": "2.0", "ready_delay_ms": 0, "never_ready": false,
-//!  "notify": true, "ready_file": null,
+//!  "notify": true, "ready_file": null, "extend_timeout_ms": null,
 //!  "exit_before_ready": null, "crash_after_ms": null, "ignore_sigterm": false,
 //!  "drain_on": ["TERM", "INT"], "exit_on": [],
 //!  "workers": 0, "ready_from_worker": false, "status": null}
@@ -22,6 +22,8 @@
 //! `Connection: close`) and exits 0; on one in `exit_on` it exits 0 at once,
 //! dropping what is in flight (as servers whose SIGTERM is brutal do). It
 //! logs each of those signals as it receives it, and so do its workers.
+//! With `extend_timeout_ms` it first asks for that much more time to start
+//! (EXTEND_TIMEOUT_USEC).
 //!
 //! The listening socket is left in blocking mode (its O_NONBLOCK flag is
 //! shared with every other generation): each socket has an accept thread in
@@ -53,6 +55,7 @@ struct Config {
     #[serde(default = "yes")]
     notify: bool,
     ready_file: Option<String>,
+    extend_timeout_ms: Option<u64>,
     #[serde(default = "drain_signals")]
     drain_on: Vec<String>,
     exit_on: Vec<String>,
@@ -177,6 +180,10 @@ fn main() {
         listeners.len()
     );
 
+    if let Some(ms) = cfg.extend_timeout_ms {
+        let usec = u32::try_from(ms * 1000).unwrap_or(u32::MAX);
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::ExtendTimeoutUsec(usec)]);
+    }
     if let Some(code) = cfg.exit_before_ready {
         eprintln!(
             "example-app[{pid}] release {release}: exiting with {code} before READY (as configured)"
@@ -502,6 +509,9 @@ fn info_json(release: &str, fds: &[(RawFd, String)]) -> String {
         "fds_at_start": fds.iter().map(|(fd, t)| serde_json::json!([fd, t])).collect::<Vec<_>>(),
         "sig_blocked": mask,
         "sig_ignored": ignored,
+        "env": std::env::vars_os()
+            .map(|(k, v)| (k.to_string_lossy().into_owned(), v.to_string_lossy().into_owned()))
+            .collect::<BTreeMap<_, _>>(),
     });
     format!("{v}\n")
 }

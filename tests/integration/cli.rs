@@ -10,7 +10,10 @@ fn help_explains_every_flag_with_an_example() {
         "--config",
         "--app-dir",
         "--listen",
+        "--ready",
         "--ready-timeout",
+        "--stop-signal",
+        "--stop-target",
         "--stop-timeout",
         "--soak",
         "--probation",
@@ -18,12 +21,12 @@ fn help_explains_every_flag_with_an_example() {
     ] {
         let line = out
             .lines()
-            .position(|l| l.trim_start().starts_with(flag))
+            .position(|l| l.trim_start().starts_with(&format!("{flag} ")))
             .unwrap_or_else(|| panic!("{flag} in:\n{out}"));
         let block: String = out
             .lines()
             .skip(line)
-            .take(6)
+            .take(9)
             .collect::<Vec<_>>()
             .join("\n");
         assert!(
@@ -53,6 +56,13 @@ fn usage_errors_are_one_line_and_exit_2() {
         vec!["run", "--config", "/x", "--ready-timeout", "soon"],
         vec!["run", "--config", "/x", "--stop-timeout", "-1"],
         vec!["run", "--config", "/x", "--listen", "nowhere"],
+        vec!["run", "--config", "/x", "--ready", "sometimes"],
+        vec!["run", "--config", "/x", "--ready", "after:0"],
+        vec!["run", "--config", "/x", "--ready", "check:"],
+        vec!["run", "--config", "/x", "--ready", "after:2min"],
+        vec!["run", "--config", "/x", "--stop-signal", "KILL"],
+        vec!["run", "--config", "/x", "--stop-signal", "99"],
+        vec!["run", "--config", "/x", "--stop-target", "master"],
         vec!["run"],
         vec!["frob"],
         vec![],

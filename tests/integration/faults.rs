@@ -340,3 +340,229 @@ fn a_release_whose_exec_fails_is_a_failed_rollout() {
     rig.point("2.0");
     rig.wait_live("2.0");
 }
+
+// ---- per-release settings and readiness modes that cannot work ----
+
+fn conf_with(v: &str, extra: &str) -> String {
+    format!("{{\"bin.file\": \"app.{v}\", \"cfg.file\": \"cfg.{v}\", {extra}}}")
+}
+
+#[test]
+fn a_bad_ready_mode_in_current_conf() {
+    bad_conf_keeps_serving(
+        "badmode",
+        &conf_with("2.0", r#""ready": "sometimes""#),
+        "\"ready\": 'sometimes' is not a readiness mode; expected notify, after:SPAN (after:2s), check:CMD or exec",
+    );
+}
+
+#[test]
+fn an_after_span_of_zero_in_current_conf() {
+    bad_conf_keeps_serving(
+        "after0",
+        &conf_with("2.0", r#""ready": "after:0""#),
+        "\"ready\": after:0: the span must be greater than zero",
+    );
+}
+
+#[test]
+fn an_empty_check_command_in_current_conf() {
+    bad_conf_keeps_serving(
+        "checkempty",
+        &conf_with("2.0", r#""ready": "check: ""#),
+        "\"ready\": check: needs a command",
+    );
+}
+
+#[test]
+fn an_after_span_the_ready_timeout_cannot_fit_fails_that_rollout_naming_the_release() {
+    bad_conf_keeps_serving(
+        "afterlong",
+        &conf_with("2.0", r#""ready": "after:2min""#),
+        "app.2.0: ready after:2min can never be met: the span must be shorter than --ready-timeout 1min",
+    );
+}
+
+#[test]
+fn a_stop_signal_that_cannot_drain_in_current_conf() {
+    bad_conf_keeps_serving(
+        "sigkill",
+        &conf_with("2.0", r#""stop.signal": "KILL""#),
+        "\"stop.signal\": SIGKILL cannot be a stop signal",
+    );
+}
+
+#[test]
+fn an_unknown_stop_target_in_current_conf() {
+    bad_conf_keeps_serving(
+        "target",
+        &conf_with("2.0", r#""stop.target": "master""#),
+        "\"stop.target\": 'master' is neither group nor leader",
+    );
+}
+
+#[test]
+fn an_env_naming_a_variable_baton_sets_is_refused() {
+    bad_conf_keeps_serving(
+        "envnotify",
+        &conf_with("2.0", r#""env": {"NOTIFY_SOCKET": "/run/elsewhere"}"#),
+        "\"env\": \"NOTIFY_SOCKET\" is baton's to set for each generation (LISTEN_*, NOTIFY_SOCKET); remove it",
+    );
+    bad_conf_keeps_serving(
+        "envlisten",
+        &conf_with("2.0", r#""env": {"LISTEN_FDS": "3"}"#),
+        "\"env\": \"LISTEN_FDS\" is baton's to set",
+    );
+}
+
+#[test]
+fn an_env_value_that_is_not_a_string_is_refused() {
+    bad_conf_keeps_serving(
+        "envnum",
+        &conf_with("2.0", r#""env": {"PORT": 8000}"#),
+        "\"env\": the value of \"PORT\" must be a string",
+    );
+}
+
+#[test]
+fn an_env_name_with_an_equals_sign_is_refused() {
+    bad_conf_keeps_serving(
+        "envname",
+        &conf_with("2.0", r#""env": {"A=B": "1"}"#),
+        "\"env\": \"A=B\" is not a variable name (it contains '=' or a NUL byte)",
+    );
+}
+
+#[test]
+fn after_mode_a_release_that_dies_within_its_span_fails_its_rollout() {
+    let (rig, pid) = serving(
+        "after-dies",
+        r#""notify": false"#,
+        r#""notify": false, "crash_after_ms": 200"#,
+        &["--ready", "after:2s"],
+    );
+    rig.point("2.0");
+    rig.wait_log(
+        "rollout of app.2.0 failed: exited before its after:2s span was over (exit status 3); still serving app.1.0",
+    );
+    rig.assert_children(1);
+    assert_eq!(rig.serving(), Some(("1.0".into(), pid)));
+    rig.wait_status("still serving app.1.0");
+}
+
+#[test]
+fn check_mode_a_check_that_never_passes_fails_at_the_ready_timeout_and_the_old_one_serves_on() {
+    let (rig, pid) = serving("check-never", "", "", &["--ready-timeout", "2s"]);
+    let load = Load::start(rig.port, 2);
+    rig.write_conf(&conf_with(
+        "2.0",
+        r#""ready": "check:echo not yet; exit 7""#,
+    ));
+    let line = rig.wait_line(&[
+        "rollout of app.2.0 failed: not ready within --ready-timeout 2s (",
+        " failed, the last: exit status 7: not yet); still serving app.1.0",
+    ]);
+    // A check attempt starts 100 ms after the last one ended: never more
+    // than 2s / 100 ms of them.
+    let attempts: u32 = line
+        .split("--ready-timeout 2s (")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!((1..=20).contains(&attempts), "{line}");
+    rig.wait_line(&["generation 2: check: not yet"]);
+    // The generation and every check attempt are gone, none a zombie.
+    rig.assert_children(1);
+    assert_eq!(rig.serving(), Some(("1.0".into(), pid)));
+    rig.wait_status("not ready within --ready-timeout 2s");
+    // (2.0 accepted connections while it started: they were served.)
+    let report = load.stop();
+    assert_eq!(report.failed, 0, "{:?}", report.errors);
+}
+
+/// Processes whose command line is exactly `args`.
+fn running(args: &[&str]) -> Vec<i32> {
+    let want: Vec<u8> = args
+        .iter()
+        .flat_map(|a| [a.as_bytes(), b"\0"].concat())
+        .collect();
+    procs()
+        .iter()
+        .filter(|p| std::fs::read(format!("/proc/{}/cmdline", p.pid)).is_ok_and(|c| c == want))
+        .map(|p| p.pid)
+        .collect()
+}
+
+#[test]
+fn a_hung_check_attempt_is_killed_with_its_process_group() {
+    let (rig, pid) = serving("check-hang", "", "", &["--ready-timeout", "7s"]);
+    // The shell runs `sleep` as a child of its own: killing only the shell
+    // would leave it behind.
+    rig.write_conf(&conf_with("2.0", r#""ready": "check:sleep 29.75; true""#));
+    rig.wait("the check's sleep to run", || {
+        !running(&["sleep", "29.75"]).is_empty()
+    });
+    rig.wait_line(&[
+        "rollout of app.2.0 failed: not ready within --ready-timeout 7s (1 check attempt failed, the last: timed out after 5s)",
+    ]);
+    rig.wait("no check's sleep left", || {
+        running(&["sleep", "29.75"]).is_empty()
+    });
+    rig.assert_children(1);
+    assert_eq!(rig.serving(), Some(("1.0".into(), pid)));
+}
+
+#[test]
+fn a_generation_that_dies_while_its_check_runs_fails_and_its_check_is_killed() {
+    let (rig, pid) = serving("check-dies", "", r#""crash_after_ms": 300"#, &[]);
+    rig.write_conf(&conf_with("2.0", r#""ready": "check:sleep 28.25; true""#));
+    rig.wait_log(
+        "rollout of app.2.0 failed: exited before its check passed (exit status 3); still serving app.1.0",
+    );
+    rig.wait("no check's sleep left", || {
+        running(&["sleep", "28.25"]).is_empty()
+    });
+    rig.assert_children(1);
+    assert_eq!(rig.serving(), Some(("1.0".into(), pid)));
+}
+
+#[test]
+fn a_restarted_baton_falls_back_to_what_served_last_run_the_way_it_ran() {
+    // 1.0 never sends READY=1: only its own "ready": "after:300ms" makes it
+    // ready. baton restarts while current.conf names a release that
+    // crashes; the fallback to 1.0 must keep its readiness mode.
+    let mut rig = Rig::new("fallback-opts");
+    rig.release("1.0", r#""notify": false"#);
+    rig.release("2.0", r#""exit_before_ready": 9"#);
+    rig.write_conf(&conf_with("1.0", r#""ready": "after:300ms""#));
+    rig.start(&["--ready-timeout", "3s"]);
+    rig.wait_live("1.0");
+    let opts = rig.app_dir.join("app.opts");
+    assert_eq!(
+        std::fs::read_to_string(&opts).unwrap(),
+        "{\"ready\":\"after:300ms\"}\n"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&opts).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    rig.signal(Signal::SIGTERM);
+    assert_eq!(rig.wait_exit().code(), Some(0));
+    rig.point("2.0");
+    rig.start(&["--ready-timeout", "3s"]);
+    rig.wait_log(
+        "rollout of app.2.0 failed: exited before READY=1 (exit status 9); nothing is serving",
+    );
+    let pid = rig.wait_live("1.0");
+    rig.wait_line(&[
+        &format!("generation 2 (app.1.0, pid {pid}) is ready after"),
+        "(after:300ms)",
+    ]);
+    // A release with no settings of its own leaves no app.opts behind.
+    rig.release("3.0", "");
+    rig.point("3.0");
+    rig.wait_live("3.0");
+    rig.wait("app.opts removed", || !opts.exists());
+}

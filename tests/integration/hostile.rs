@@ -221,6 +221,41 @@ fn notifications_with_fds_attached_are_dropped_and_the_fds_closed() {
     then_ready_promotes(&rig, &mut member, cand);
 }
 
+/// A barrier (`BARRIER=1` with one fd, what sd_notify_barrier(3) and
+/// `systemd-notify --ready` send) has its fd closed and counts as a
+/// message, with no warning; READY=1 in the same datagram counts. Any other
+/// fd-carrying datagram, a barrier with two fds included, is still dropped
+/// with the warning.
+#[test]
+fn a_barrier_is_answered_without_a_warning_and_its_message_counts() {
+    let (rig, old, cand, mut member) = candidate("n-barrier");
+    let baton = rig.baton_pid();
+    let before = fd_count(baton);
+    member.send(b"BARRIER=1", 2);
+    rig.wait_line(&[&format!(
+        "dropped a notification from pid {}: 2 file descriptor(s) attached (closed)",
+        member.pid
+    )]);
+    for _ in 0..50 {
+        member.send(b"BARRIER=1", 1);
+    }
+    barrier(&rig, &mut member, "after-barriers");
+    assert_eq!(
+        rig.log_lines(&["dropped a notification"]).len(),
+        1,
+        "{}",
+        rig.log()
+    );
+    rig.wait(&format!("baton's fd count back to {before}"), || {
+        fd_count(baton) == before
+    });
+    not_promoted(&rig, old, cand);
+    member.send(b"READY=1\nSTATUS=ready behind a barrier\nBARRIER=1", 1);
+    assert_eq!(rig.wait_live("2.0"), cand);
+    rig.wait_status("ready behind a barrier");
+    assert_eq!(rig.log_lines(&["dropped a notification"]).len(), 1);
+}
+
 #[test]
 fn malformed_and_non_utf8_notifications_are_ignored() {
     let (rig, old, cand, mut member) = candidate("n-malformed");

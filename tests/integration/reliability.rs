@@ -64,6 +64,60 @@ fn soak_a_release_that_dies_in_its_soak_leaves_the_old_one_serving_untouched() {
     assert_eq!(rig.log_lines(&["started generation"]).len(), 3);
 }
 
+/// Each readiness mode keeps the rest of the contract: the old generation
+/// serves through the new one's soak, a release that crashes in probation
+/// is replaced by the last known good one (started in its own mode),
+/// current.conf is left alone, and STATUS says so.
+#[test]
+fn every_readiness_mode_keeps_soak_probation_and_the_last_known_good() {
+    for (i, mode) in ["after:200ms", "check", "exec"].iter().enumerate() {
+        let mut rig = Rig::new(&format!("modes-{i}"));
+        let marks = rig.tmp.0.join("marks");
+        std::fs::create_dir_all(&marks).unwrap();
+        let knobs = format!(
+            r#""notify": false, "ready_file": "{}/ready.%p""#,
+            marks.display()
+        );
+        let mode = match *mode {
+            "check" => format!("check:test -e {}/ready.$BATON_PID", marks.display()),
+            m => m.to_owned(),
+        };
+        rig.release("1.0", &knobs);
+        rig.release("2.0", &format!(r#"{knobs}, "crash_after_ms": 2000"#));
+        rig.point("1.0");
+        rig.start(&["--ready", &mode, "--soak", "300ms", "--probation", "3s"]);
+        let one = rig.wait_live("1.0");
+        rig.wait_log("app.1.0 stayed up for --probation 3s; it is the last known good release");
+        rig.point("2.0");
+        let two = rig.wait_generation_pid(2);
+        rig.wait_line(&[
+            &format!("generation 2 (app.2.0, pid {two}) is ready after"),
+            &format!("({mode}); soaking for 300ms beside the serving generation"),
+        ]);
+        rig.wait_line(&[&format!(
+            "generation 2 (app.2.0, pid {two}) survived its soak"
+        )]);
+        rig.wait(&format!("{mode}: 1.0 retired after the soak"), || {
+            !alive(one)
+        });
+        rig.wait_line(&["release app.2.0 crashed", "rolled back to app.1.0"]);
+        let back = rig.wait_live_anew("1.0", two);
+        rig.wait_line(&[
+            &format!("generation 3 (app.1.0, pid {back}) is ready after"),
+            &format!("({mode})"),
+        ]);
+        rig.wait_status("rolled back to app.1.0; serving app.1.0");
+        assert!(
+            std::fs::read_to_string(&rig.conf)
+                .unwrap()
+                .contains("app.2.0"),
+            "current.conf is left alone"
+        );
+        assert_eq!(link(&rig, "app.bin"), rig.release_dir.join("app.1.0"));
+        rig.assert_children(1);
+    }
+}
+
 #[test]
 fn soak_a_release_that_survives_retires_the_old_one_only_after_the_soak() {
     let (rig, old) = serving("soak-ok", "", &["--soak", "2s"]);

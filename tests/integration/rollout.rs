@@ -751,3 +751,383 @@ fn history_says_what_served_when_across_a_restart_of_baton() {
     let (_, text, _) = history(false);
     assert!(text.contains(&format!("\nbaton pid {second}:\n")), "{text}");
 }
+
+// ---- readiness modes, per-release settings, stop signals ----
+
+/// Writes current.conf naming release `v` with `extra` keys after the files.
+fn point_with(rig: &Rig, v: &str, extra: &str) {
+    rig.write_conf(&format!(
+        "{{\"bin.file\": \"app.{v}\", \"cfg.file\": \"cfg.{v}\", {extra}}}\n"
+    ));
+}
+
+/// The span in "is ready after SPAN (MODE)" for generation `id`.
+fn ready_after(rig: &Rig, id: u64, mode: &str) -> Duration {
+    let line = rig.wait_line(&[
+        &format!("generation {id} ("),
+        " is ready after ",
+        &format!("({mode})"),
+    ]);
+    let span = line
+        .split(" is ready after ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap();
+    baton::span::parse_span(span).unwrap()
+}
+
+/// What `GET /info` says generation `pid` inherited, as JSON.
+fn info(rig: &Rig, pid: i32) -> serde_json::Value {
+    let mut info = serde_json::Value::Null;
+    rig.wait(&format!("/info from pid {pid}"), || {
+        let Ok((200, body)) = rig.get("/info") else {
+            return false;
+        };
+        info = serde_json::from_str(&body).unwrap();
+        info["pid"] == pid
+    });
+    info
+}
+
+#[test]
+fn after_mode_rolls_an_app_that_never_notifies_forward_and_back_under_load() {
+    let mut rig = Rig::new("after");
+    rig.release("1.0", r#""notify": false"#);
+    rig.release("2.0", r#""notify": false"#);
+    rig.point("1.0");
+    rig.start(&["--ready", "after:300ms"]);
+    let mut live = rig.wait_live("1.0");
+    assert!(ready_after(&rig, 1, "after:300ms") >= Duration::from_millis(300));
+    let load = Load::start(rig.port, 4);
+    for (i, v) in ["2.0", "1.0", "2.0", "1.0", "2.0"].iter().enumerate() {
+        let id = i as u64 + 2;
+        rig.point(v);
+        let new = rig.wait_live(v);
+        assert_ne!(new, live);
+        assert!(ready_after(&rig, id, "after:300ms") >= Duration::from_millis(300));
+        rig.wait_status(&format!("serving app.{v} (pid {new}, generation {id})"));
+        rig.wait(&format!("retired pid {live} to be gone"), || !alive(live));
+        live = new;
+    }
+    let report = load.stop();
+    assert_eq!(report.failed, 0, "{:?}", report.errors);
+    assert_eq!(report.by_release.len(), 2, "{report:?}");
+    rig.assert_children(1);
+}
+
+#[test]
+fn check_mode_aims_at_the_new_generation_and_rolls_under_load() {
+    let mut rig = Rig::new("check");
+    let marks = rig.tmp.0.join("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    // The app marks its readiness with a file named after its pid, 300 ms
+    // after it starts accepting; the check looks for the new generation's
+    // mark (BATON_PID), so the old generation, which accepts on the same
+    // socket, can never pass it.
+    let knobs = format!(
+        r#""notify": false, "ready_delay_ms": 300, "ready_file": "{}/ready.%p""#,
+        marks.display()
+    );
+    rig.release("1.0", &knobs);
+    rig.release("2.0", &knobs);
+    rig.point("1.0");
+    let check = format!(
+        "check:echo \"looking for $BATON_PID\"; env | grep ^BATON_ | sort > {m}/env.$BATON_GENERATION; test -e {m}/ready.$BATON_PID",
+        m = marks.display()
+    );
+    rig.start(&["--ready", &check]);
+    let mut live = rig.wait_live("1.0");
+    let load = Load::start(rig.port, 4);
+    for (i, v) in ["2.0", "1.0", "2.0"].iter().enumerate() {
+        let id = i as u64 + 2;
+        rig.point(v);
+        let new = rig.wait_live(v);
+        assert!(ready_after(&rig, id, &check) >= Duration::from_millis(300));
+        // The check ran with the new generation's identity, and its output
+        // is in baton's log at debug level.
+        let env = std::fs::read_to_string(marks.join(format!("env.{id}"))).unwrap();
+        assert_eq!(
+            env,
+            format!(
+                "BATON_APP_DIR={}\nBATON_GENERATION={id}\nBATON_PID={new}\nBATON_RELEASE=app.{v}\n",
+                rig.app_dir.display()
+            )
+        );
+        rig.wait_line(&[&format!("generation {id}: check: looking for {new}")]);
+        rig.wait(&format!("retired pid {live} to be gone"), || !alive(live));
+        live = new;
+    }
+    let report = load.stop();
+    assert_eq!(report.failed, 0, "{:?}", report.errors);
+    // Every check attempt was reaped: baton's only child is the live app.
+    rig.assert_children(1);
+}
+
+#[test]
+fn exec_mode_is_ready_once_the_exec_worked() {
+    let mut rig = Rig::new("exec");
+    rig.release("1.0", r#""never_ready": true"#);
+    rig.release("2.0", r#""never_ready": true"#);
+    rig.point("1.0");
+    rig.start(&["--ready", "exec"]);
+    rig.wait_live("1.0");
+    ready_after(&rig, 1, "exec");
+    let load = Load::start(rig.port, 2);
+    rig.roll_cleanly_with("2.0", 2, load);
+}
+
+/// As `Rig::roll_cleanly`, for apps that send no STATUS=.
+trait RollCleanly {
+    fn roll_cleanly_with(&self, v: &str, generation: u64, load: Load);
+}
+
+impl RollCleanly for Rig {
+    fn roll_cleanly_with(&self, v: &str, generation: u64, load: Load) {
+        self.point(v);
+        let new = self.wait_live(v);
+        self.wait_status(&format!(
+            "serving app.{v} (pid {new}, generation {generation})"
+        ));
+        let report = load.stop();
+        assert_eq!(report.failed, 0, "{:?}", report.errors);
+        self.assert_children(1);
+    }
+}
+
+#[test]
+fn a_releases_ready_key_wins_over_the_flag() {
+    // Flag notify; 2.0 never notifies, but says after:200ms: it rolls.
+    let (rig, _) = serving(
+        "ready-key",
+        "",
+        r#""notify": false"#,
+        &["--ready-timeout", "2s"],
+    );
+    point_with(&rig, "2.0", r#""ready": "after:200ms""#);
+    rig.wait_live("2.0");
+    ready_after(&rig, 2, "after:200ms");
+    // And the other way: flag exec, 3.0 never notifies and says notify: it
+    // is never ready, and 2.0 serves on.
+    let (rig, pid) = serving(
+        "ready-key-back",
+        r#""never_ready": true"#,
+        r#""never_ready": true"#,
+        &["--ready", "exec", "--ready-timeout", "2s"],
+    );
+    point_with(&rig, "2.0", r#""ready": "notify""#);
+    rig.wait_log(
+        "rollout of app.2.0 failed: not ready within --ready-timeout 2s; still serving app.1.0",
+    );
+    rig.assert_children(1);
+    assert_eq!(rig.serving(), Some(("1.0".into(), pid)));
+}
+
+#[test]
+fn a_releases_env_reaches_its_generations_only_and_baton_s_variables_win() {
+    let (rig, one) = serving("env-release", "", "", &[]);
+    let load = Load::start(rig.port, 2);
+    point_with(
+        &rig,
+        "2.0",
+        r#""env": {"GREETING": "hello from 2.0", "LANG": "C.UTF-8", "EMPTY": ""}"#,
+    );
+    let two = rig.wait_live("2.0");
+    let env = &info(&rig, two)["env"];
+    assert_eq!(env["GREETING"], "hello from 2.0");
+    assert_eq!(env["LANG"], "C.UTF-8");
+    assert_eq!(env["EMPTY"], "");
+    assert_eq!(env["LISTEN_FDS"], "1");
+    assert_eq!(env["LISTEN_PID"], two.to_string());
+    assert_eq!(
+        env["NOTIFY_SOCKET"],
+        path_str(&rig.runtime_dir.join("notify.sock"))
+    );
+    // Back to 1.0, which sets nothing: nothing of 2.0's is left.
+    rig.point("1.0");
+    let back = rig.wait_live("1.0");
+    assert_ne!(back, one);
+    let env = &info(&rig, back)["env"];
+    assert_eq!(env["GREETING"], serde_json::Value::Null, "{env:#}");
+    let report = load.stop();
+    assert_eq!(report.failed, 0, "{:?}", report.errors);
+}
+
+#[test]
+fn a_change_of_settings_alone_rolls_a_fresh_generation_of_the_same_files() {
+    let (rig, one) = serving("settings-change", "", "", &[]);
+    let load = Load::start(rig.port, 2);
+    point_with(&rig, "1.0", r#""env": {"FEATURE": "on"}"#);
+    let two = rig.wait_replaced("1.0", one);
+    rig.wait_status(&format!(
+        "serving app.1.0 (pid {two}, generation 2): release 1.0 accepting"
+    ));
+    assert_eq!(info(&rig, two)["env"]["FEATURE"], "on");
+    // The same content again is not a change.
+    point_with(&rig, "1.0", r#""env": {"FEATURE": "on"}"#);
+    rig.wait_log("app.1.0 is already serving");
+    let report = load.stop();
+    assert_eq!(report.failed, 0, "{:?}", report.errors);
+    assert_eq!(rig.log().matches("started generation").count(), 2);
+    rig.assert_children(1);
+}
+
+/// Starts `GET /slow?ms=ms` and returns once process `pid` holds the
+/// connection (one more fd).
+fn slow_request_on(
+    rig: &Rig,
+    pid: i32,
+    ms: u64,
+) -> std::thread::JoinHandle<Result<(u16, String), testkit::http::HttpError>> {
+    let before = fd_count(pid);
+    let port = rig.port;
+    let slow = std::thread::spawn(move || http_get(port, &format!("/slow?ms={ms}")));
+    rig.wait(&format!("pid {pid} to accept the slow request"), || {
+        fd_count(pid) > before
+    });
+    slow
+}
+
+#[test]
+fn a_stop_signal_of_quit_lets_an_app_whose_sigterm_is_brutal_drain() {
+    // Like uWSGI: SIGQUIT drains, SIGTERM drops what is in flight.
+    let brutal = r#""drain_on": ["QUIT"], "exit_on": ["TERM"]"#;
+    let (rig, one) = serving("quit", brutal, brutal, &["--stop-signal", "QUIT"]);
+    let slow = slow_request_on(&rig, one, 1500);
+    rig.point("2.0");
+    let two = rig.wait_live("2.0");
+    let (code, body) = slow
+        .join()
+        .unwrap()
+        .expect("the in-flight request completed");
+    assert_eq!(
+        (code, body.starts_with("release 1.0")),
+        (200, true),
+        "{body}"
+    );
+    rig.wait_log(&format!(
+        "example-app[{one}] release 1.0: received SIGQUIT; draining"
+    ));
+    rig.wait("the old generation to be gone", || !alive(one));
+    // The release's own "stop.signal" wins over the flag: 1.0 now says
+    // TERM, and a request in flight when it is retired is lost, which is
+    // what the flag saved above.
+    point_with(&rig, "1.0", r#""stop.signal": "TERM""#);
+    let three = rig.wait_live("1.0");
+    rig.wait("the 2.0 generation to be gone", || !alive(two));
+    let slow = slow_request_on(&rig, three, 1500);
+    rig.point("2.0");
+    rig.wait_live("2.0");
+    rig.wait_log(&format!(
+        "example-app[{three}] release 1.0: received SIGTERM; exiting at once"
+    ));
+    assert!(
+        slow.join().unwrap().is_err(),
+        "SIGTERM to this app drops the request in flight"
+    );
+    rig.assert_children(1);
+}
+
+fn workers_of(leader: i32) -> Vec<i32> {
+    procs()
+        .iter()
+        .filter(|p| p.pgid == leader && p.pid != leader)
+        .map(|p| p.pid)
+        .collect()
+}
+
+#[test]
+fn the_stop_signal_goes_to_the_whole_group_or_to_the_leader_alone() {
+    let (rig, one) = serving("target", r#""workers": 2"#, r#""workers": 2"#, &[]);
+    let first = workers_of(one);
+    assert_eq!(first.len(), 2);
+    // 2.0 is to be stopped through its leader only.
+    point_with(&rig, "2.0", r#""stop.target": "leader""#);
+    let two = rig.wait_live("2.0");
+    // 1.0 was stopped as a group: its workers heard SIGTERM themselves.
+    for w in &first {
+        rig.wait_log(&format!(
+            "example-app worker[{w}]: received SIGTERM; exiting"
+        ));
+    }
+    let second = workers_of(two);
+    assert_eq!(second.len(), 2);
+    rig.point("1.0");
+    rig.wait_live("1.0");
+    rig.wait_log(&format!(
+        "example-app[{two}] release 2.0: received SIGTERM; draining"
+    ));
+    // Its workers heard nothing; they went when their leader exited (the
+    // rest of a group is killed once its leader is gone), and none is a
+    // zombie.
+    rig.wait("2.0's workers to be gone", || {
+        second.iter().all(|w| !alive(*w))
+    });
+    for w in &second {
+        assert!(
+            !rig.log()
+                .contains(&format!("example-app worker[{w}]: received")),
+            "{}",
+            rig.log()
+        );
+    }
+    rig.assert_children(1);
+}
+
+#[test]
+fn systemd_notify_in_a_release_script_is_ready_without_a_warning() {
+    // systemd-notify --ready sends READY=1, then BARRIER=1 with a pipe's
+    // write end, and waits until baton closes it.
+    let (rig, _) = serving("sd-notify", "", "", &[]);
+    let script = rig.release_dir.join("app.3.0");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nsystemd-notify --ready --status='notified by systemd-notify' || exit 1\nexec {APP} \"$@\"\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::write(
+        rig.release_dir.join("cfg.3.0"),
+        r#"{"release": "3.0", "notify": false}"#,
+    )
+    .unwrap();
+    let load = Load::start(rig.port, 2);
+    rig.point("3.0");
+    let three = rig.wait_live("3.0");
+    rig.wait_status(&format!(
+        "serving app.3.0 (pid {three}, generation 2): notified by systemd-notify"
+    ));
+    // The app serves only once systemd-notify returned, that is once its
+    // barrier was answered; rolling on puts every datagram it sent behind us.
+    rig.wait_serving("3.0");
+    rig.point("1.0");
+    rig.wait_live("1.0");
+    let report = load.stop();
+    assert_eq!(report.failed, 0, "{:?}", report.errors);
+    assert!(
+        !rig.log().contains("dropped a notification"),
+        "{}",
+        rig.log()
+    );
+    assert!(!rig.log().contains("not part of any generation"));
+}
+
+#[test]
+fn an_app_that_asks_for_more_time_is_given_it() {
+    let (rig, pid) = serving(
+        "extend",
+        "",
+        r#""ready_delay_ms": 2500, "extend_timeout_ms": 10000"#,
+        &["--ready-timeout", "1s"],
+    );
+    rig.point("2.0");
+    rig.wait_line(&[
+        "generation 2 (app.2.0",
+        "asked for 10s more to become ready (EXTEND_TIMEOUT_USEC)",
+    ]);
+    let two = rig.wait_live("2.0");
+    assert_ne!(two, pid);
+    assert!(ready_after(&rig, 2, "notify") >= Duration::from_millis(2500));
+    assert!(!rig.log().contains("not ready within"));
+}
