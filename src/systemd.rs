@@ -76,6 +76,12 @@ impl Systemd {
         self.send(&[NotifyState::Ready, NotifyState::Status(status)]);
     }
 
+    /// EXTEND_TIMEOUT_USEC=: baton's start needs at least `more` longer.
+    pub fn extend(&self, more: Duration) {
+        let usec = u32::try_from(more.as_micros()).unwrap_or(u32::MAX);
+        self.send(&[NotifyState::ExtendTimeoutUsec(usec)]);
+    }
+
     pub fn reloading(&self) {
         match NotifyState::monotonic_usec_now() {
             Ok(now) => self.send(&[NotifyState::Reloading, now]),

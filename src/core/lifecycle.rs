@@ -147,6 +147,9 @@ pub enum Action {
     Promote { id: GenId },
     /// READY=1 to systemd (first generation live, or a reload finished).
     SystemdReady,
+    /// EXTEND_TIMEOUT_USEC= to systemd: baton's own start (its first
+    /// generation) needs at least this much longer.
+    SystemdExtend { more: std::time::Duration },
     /// RELOADING=1 to systemd (a SIGHUP rollout began).
     SystemdReloading,
     /// STOPPING=1 to systemd.

@@ -455,7 +455,8 @@ impl Core {
     /// EXTEND_TIMEOUT_USEC= from generation `id`: while it starts, its
     /// ready deadline moves to at least `more` from now (as systemd does
     /// with TimeoutStartSec), so a slow app can keep a short
-    /// `--ready-timeout` from failing it.
+    /// `--ready-timeout` from failing it. While baton itself has not told
+    /// systemd READY=1 yet, systemd's start timeout is extended alike.
     pub fn extend_timeout(&mut self, id: GenId, more: Duration, now: Now) {
         if let Some(g) = self.gens.get_mut(&id)
             && let Phase::Starting { deadline, .. } = &mut g.phase
@@ -468,6 +469,9 @@ impl Core {
                     g.describe(),
                     format_span(more)
                 );
+                if !self.told.ready {
+                    self.actions.push(Action::SystemdExtend { more });
+                }
             }
         }
     }

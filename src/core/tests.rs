@@ -1007,6 +1007,14 @@ fn an_after_span_no_shorter_than_the_ready_timeout_never_fits() {
 fn extend_timeout_moves_the_ready_deadline_later_never_earlier() {
     let mut r = Rig::new(settings());
     r.want("1.0", 0.0);
+    // Before baton's own READY=1, systemd's start timeout is extended too.
+    r.f.extend_timeout(1, Duration::from_secs(30), r.at(0.05));
+    assert_eq!(
+        r.run(),
+        vec![Action::SystemdExtend {
+            more: Duration::from_secs(30)
+        }]
+    );
     r.ready(1, 0.1);
     r.want("2.0", 1.0);
     let deadline = |r: &Rig| r.f.get(2).and_then(|g| g.phase.deadline());
@@ -1015,6 +1023,7 @@ fn extend_timeout_moves_the_ready_deadline_later_never_earlier() {
     assert_eq!(deadline(&r), Some(r.at(6.0).mono), "never earlier");
     r.f.extend_timeout(2, Duration::from_secs(10), r.at(2.0));
     assert_eq!(deadline(&r), Some(r.at(12.0).mono));
+    assert_eq!(r.run(), vec![], "baton itself is ready already");
     assert_eq!(r.tick(6.0), vec![], "the old deadline no longer fails it");
     assert_eq!(r.ready(2, 11.0), vec![Action::Promote { id: 2 }, term(1)]);
     // Once live, extending changes nothing.

@@ -374,6 +374,7 @@ impl Supervisor {
                     }
                     Action::SystemdReady => self.systemd.ready(&report::status_line(&self.core)),
                     Action::SystemdReloading => self.systemd.reloading(),
+                    Action::SystemdExtend { more } => self.systemd.extend(more),
                     Action::SystemdStopping => self.systemd.stopping(),
                     Action::Exit => self.exit = true,
                 }

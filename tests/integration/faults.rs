@@ -379,7 +379,7 @@ fn an_after_span_the_ready_timeout_cannot_fit_fails_that_rollout_naming_the_rele
     bad_conf_keeps_serving(
         "afterlong",
         &conf_with("2.0", r#""ready": "after:2min""#),
-        "app.2.0: ready after:2min can never be met: the span must be shorter than --ready-timeout 1min",
+        "app.2.0: ready after:2min can never be met: the span must be shorter than --ready-timeout 20s",
     );
 }
 

@@ -1130,4 +1130,16 @@ fn an_app_that_asks_for_more_time_is_given_it() {
     assert_ne!(two, pid);
     assert!(ready_after(&rig, 2, "notify") >= Duration::from_millis(2500));
     assert!(!rig.log().contains("not ready within"));
+    // The first generation's request extends baton's own start under
+    // systemd (TimeoutStartSec) as well.
+    let mut rig = Rig::new("extend-first");
+    rig.release(
+        "1.0",
+        r#""ready_delay_ms": 1500, "extend_timeout_ms": 10000"#,
+    );
+    rig.point("1.0");
+    rig.start(&["--ready-timeout", "1s"]);
+    rig.wait_note("EXTEND_TIMEOUT_USEC=10000000");
+    rig.wait_live("1.0");
+    rig.wait_note("READY=1");
 }
