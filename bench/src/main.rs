@@ -7,10 +7,13 @@
 //!    fork+exec floor.
 //! 3. Cost while idle and per rollout.
 //! 4. Scale and leaks: 1,000 rollouts, a 1,000-edit burst, 64 sockets.
+//! 5. Exposure: what a release that accepts but never becomes ready
+//!    answers before `--ready-timeout` gives up on it.
 //!
 //! Prints a table per part and writes bench/results/latest.json.
 
 mod baton;
+mod exposure;
 mod load;
 mod logs;
 mod scenarios;
@@ -35,6 +38,7 @@ pub mod ports {
     pub const SOCKET: u16 = 18082;
     pub const GUNICORN: u16 = 18083;
     pub const CHURN: u16 = 18084;
+    pub const EXPOSURE: u16 = 18085;
     pub const BURST: u16 = 18086;
     pub const FLOOR: u16 = 18087;
     /// 18100 .. 18163
@@ -55,7 +59,7 @@ struct Args {
     only: Option<Vec<String>>,
 }
 
-const PARTS: [&str; 5] = ["load", "gunicorn", "churn", "burst", "sockets"];
+const PARTS: [&str; 6] = ["load", "gunicorn", "churn", "burst", "sockets", "exposure"];
 
 const USAGE: &str = "\
 baton-bench: rollouts under load beside the alternatives, rollout latency,
@@ -69,7 +73,8 @@ Options:
   --install      install wrk (apt-get) and gunicorn (pip, else apt-get) if
                  missing; bench/run passes it
   --only PARTS   run only these parts: load, gunicorn, churn (with the
-                 fork+exec floor and idle), burst, sockets (comma-separated)
+                 fork+exec floor and idle), burst, sockets, exposure
+                 (comma-separated)
   -h, --help     show this help
 
 Writes bench/results/latest.json and the logs of every process it started
@@ -631,6 +636,35 @@ fn real_main(args: &Args) -> Result<(), String> {
         None
     };
 
+    // ---------------- 5. exposure ----------------
+    let mut exposure = Vec::new();
+    if want("exposure") {
+        // The default before readiness modes (60s), and today's.
+        let runs: [(&str, &[&str]); 2] = if q {
+            [
+                ("exposure-6s", &["--ready-timeout", "6s"]),
+                ("exposure-3s", &["--ready-timeout", "3s"]),
+            ]
+        } else {
+            [
+                ("exposure-60s", &["--ready-timeout", "60s"]),
+                ("exposure-default", &[]),
+            ]
+        };
+        for (name, extra) in runs {
+            eprintln!(
+                "5. a release that accepts but never becomes ready, baton {}",
+                if extra.is_empty() {
+                    "with its defaults".to_owned()
+                } else {
+                    extra.join(" ")
+                }
+            );
+            exposure.push(exposure::run(&ctx, name, extra)?);
+        }
+        report["exposure"] = json!(exposure.iter().map(|e| e.json()).collect::<Vec<_>>());
+    }
+
     // ---------------- targets for parts 2-4 ----------------
     if let Some(c) = &churn {
         let s = &c.split;
@@ -743,6 +777,26 @@ fn real_main(args: &Args) -> Result<(), String> {
         churn_rt.as_ref(),
         under_load_split.as_ref(),
     );
+    if !exposure.is_empty() {
+        println!(
+            "\n5. A release that accepts but never becomes ready (fresh connections, 4 clients)"
+        );
+        println!(
+            "{:<26} {:>9} {:>10} {:>22} {:>7} {:>7}",
+            "baton", "window", "answered", "by the failed release", "share", "failed"
+        );
+        for e in &exposure {
+            println!(
+                "{:<26} {:>8.1}s {:>10} {:>22} {:>6.1}% {:>7}",
+                e.label,
+                e.window.as_secs_f64(),
+                e.answered,
+                e.by_failed,
+                e.share() * 100.0,
+                e.failed
+            );
+        }
+    }
     println!("\nwrote {}", out.display());
     Ok(())
 }
