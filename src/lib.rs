@@ -12,10 +12,13 @@
 //!
 //! A rollout starts a new generation beside the serving one. Both accept on
 //! the same sockets; the kernel queues connections while neither does, so
-//! none is refused. When the new generation is ready (READY=1, checked
-//! against the sender's credentials), baton points `app.bin`/`app.cfg` at it
-//! and sends SIGTERM to the old generation's process group; the old one
-//! drains and exits, or is killed after `--stop-timeout`. A release that
+//! none is refused. When the new generation is ready (by its release's
+//! readiness mode: READY=1 checked against the sender's credentials, a span
+//! survived after its exec, a check command that passed, or the exec
+//! itself), baton points `app.bin`/`app.cfg` at it and sends the old
+//! generation its stop signal (SIGTERM unless its release says otherwise),
+//! to its process group or its leader alone; the old one drains and exits,
+//! or its whole group is killed after `--stop-timeout`. A release that
 //! fails to become ready is stopped and the old one serves on; a serving
 //! release that dies is restarted with backoff, or, if it dies within its
 //! probation, the last known good release is started instead (the rule,
@@ -43,15 +46,23 @@
 //!   when the file has been quiet that long ([`supervisor::SETTLE`]), and
 //!   acted on only if it now reads differently: one edit, one attempt.
 //!   current.conf is parsed and checked by [`config`].
+//! - **Per-release settings** (`"ready"`, `"stop.signal"`, `"stop.target"`,
+//!   `"env"` in current.conf) are part of the release, over the flags:
+//!   changing one is a new release to roll out. [`readiness`] and [`stop`]
+//!   parse them.
 //! - **Starting a generation** is the one fork/exec, in [`spawn`]:
 //!   everything is allocated before the fork, the child makes only
 //!   async-signal-safe calls, and it reports a failed exec through a
 //!   close-on-exec pipe. The loop polls that pipe like any other event
-//!   (EOF: the exec worked), so baton never waits for a child.
+//!   (EOF: the exec worked), so baton never waits for a child. A readiness
+//!   check attempt is started the same way ([`spawn::Exec::program`]): a
+//!   child in its own process group, its output a pipe the loop polls,
+//!   killed on its deadline.
 //! - **Reaping** happens in exactly one place, on SIGCHLD, until nothing is
 //!   left. A leader is first seen with WNOWAIT, so that while its zombie
 //!   still holds the process group id, the rest of its group is killed;
-//!   only then is it reaped. baton is a child subreaper, so orphaned
+//!   only then is it reaped (the same for a check attempt). baton is a
+//!   child subreaper, so orphaned
 //!   grandchildren are reaped too. Signals go through pidfds, so a recycled
 //!   pid is never hit.
 //!
