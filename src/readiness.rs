@@ -294,6 +294,14 @@ impl Progress {
         Step::Nothing
     }
 
+    /// The running check attempt was killed and will not be reported
+    /// (`baton upgrade` hands over no check): try again at `now`.
+    pub fn interrupt(&mut self, now: Instant) {
+        if self.checking() {
+            self.wait = Wait::CheckDue { at: now };
+        }
+    }
+
     /// A check attempt runs (to be killed if the generation stops
     /// waiting).
     pub fn checking(&self) -> bool {
@@ -499,6 +507,25 @@ mod tests {
             p.story().unwrap(),
             "2 check attempts failed, the last: exit status 1"
         );
+    }
+
+    #[test]
+    fn an_interrupted_check_attempt_is_tried_again_at_once() {
+        let t0 = Instant::now();
+        let mode = Mode::Check("true".into());
+        let mut p = Progress::new(&mode);
+        p.interrupt(t0);
+        assert_eq!(p.wait, Wait::Exec, "nothing running: nothing changes");
+        assert_eq!(p.execd(&mode, t0), Step::RunCheck);
+        p.interrupt(at(t0, 30));
+        assert_eq!(p.deadline(), Some(at(t0, 30)));
+        assert_eq!(
+            p.check_exited(false, "lost".into(), at(t0, 31)),
+            Step::Nothing,
+            "not running any more"
+        );
+        assert_eq!(p.due(at(t0, 30)), Step::RunCheck);
+        assert_eq!(p.failed, 0, "an interrupted attempt did not fail");
     }
 
     #[test]

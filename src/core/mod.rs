@@ -398,6 +398,16 @@ impl Core {
         }
     }
 
+    /// Every running check attempt was killed unreported (`baton upgrade`
+    /// hands none over): each generation tries again at `now`.
+    pub fn interrupt_checks(&mut self, now: Now) {
+        for g in self.gens.values_mut() {
+            if let Phase::Starting { progress, .. } = &mut g.phase {
+                progress.interrupt(now.mono);
+            }
+        }
+    }
+
     /// Generation `id` stops waiting to be ready (ready, stopped or gone):
     /// a check attempt still running has no purpose left.
     fn end_checks(&mut self, id: GenId) {

@@ -1030,3 +1030,46 @@ fn extend_timeout_moves_the_ready_deadline_later_never_earlier() {
     r.f.extend_timeout(2, Duration::from_secs(100), r.at(12.0));
     assert_eq!(deadline(&r), Some(r.at(21.0).mono), "its probation");
 }
+
+/// A starting generation's readiness crosses `baton upgrade`: an `after:`
+/// span still ends when it would have; a check attempt the old image killed
+/// is tried again at once.
+#[test]
+fn readiness_progress_survives_a_handover() {
+    let s = || Settings {
+        ready: Mode::parse("after:2s").unwrap(),
+        ..settings()
+    };
+    let mut r = Rig::new(s());
+    r.want("1.0", 0.0);
+    r.execd(1, 0.5);
+    let before = r.f.next_deadline().unwrap();
+    let json = serde_json::to_string(&r.f).unwrap();
+    r.f = serde_json::from_str::<Core>(&json)
+        .unwrap()
+        .with_settings(s());
+    let after = r.f.next_deadline().unwrap();
+    let drift = if after > before {
+        after - before
+    } else {
+        before - after
+    };
+    assert!(drift < Duration::from_millis(5), "{drift:?}");
+    // (Instants come back through CLOCK_MONOTONIC readings: a hair off.)
+    assert_eq!(
+        r.tick(2.51),
+        vec![Action::Promote { id: 1 }, Action::SystemdReady]
+    );
+
+    let mut r = Rig::new(settings());
+    r.want("1.0", 0.0);
+    r.ready(1, 0.1);
+    r.want_release(with_opts("2.0", ready_mode("check:true")), 1.0);
+    assert_eq!(r.execd(2, 1.0), vec![check(2, "true")]);
+    r.f.interrupt_checks(r.at(1.2));
+    let json = serde_json::to_string(&r.f).unwrap();
+    r.f = serde_json::from_str::<Core>(&json)
+        .unwrap()
+        .with_settings(settings());
+    assert_eq!(r.tick(1.21), vec![check(2, "true")]);
+}

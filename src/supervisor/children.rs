@@ -147,6 +147,17 @@ impl Supervisor {
         }
     }
 
+    /// Kills every running check attempt and forgets it (`baton upgrade`).
+    pub(super) fn kill_checks(&mut self) {
+        for (id, run) in self.checks.drain() {
+            debug!(
+                "generation {id}: killing its check attempt (pid {}) before the handover",
+                run.child.pid
+            );
+            let _ = spawn::signal_group(&run.child, Signal::SIGKILL);
+        }
+    }
+
     /// The output pipes of running checks, to poll.
     pub(super) fn check_outputs(&self) -> Vec<(GenId, BorrowedFd<'_>)> {
         self.checks

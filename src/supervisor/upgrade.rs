@@ -259,6 +259,11 @@ impl Supervisor {
             return self.fail_upgrade("baton is stopping".into(), now);
         }
         let exe = self.image.exe.clone();
+        // Readiness check attempts are not handed over: each is killed
+        // (the next image reaps it as an orphan) and its generation tries
+        // again at once, under the next image.
+        self.kill_checks();
+        self.core.interrupt_checks(now);
         let h = self.handover();
         let memfd = match h.to_memfd() {
             Ok(fd) => fd,

@@ -275,3 +275,36 @@ fn upgrade_of_a_baton_that_is_not_running_says_so() {
     assert_eq!(code, 3, "{err}");
     assert!(err.contains("not running"), "{err}");
 }
+
+/// Check attempts are not handed over: the one running at the upgrade is
+/// killed, and the new image checks again at once.
+#[test]
+fn a_readiness_check_running_across_an_upgrade_is_run_again_by_the_new_image() {
+    let (rig, _) = upgradable("upgrade-check", &[]);
+    let marks = rig.tmp.0.join("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    rig.release(
+        "2.0",
+        &format!(
+            r#""notify": false, "ready_file": "{}/ready.%p""#,
+            marks.display()
+        ),
+    );
+    rig.write_conf(&format!(
+        r#"{{"bin.file": "app.2.0", "cfg.file": "cfg.2.0", "ready": "check:sleep 1.5; test -e {}/ready.$BATON_PID"}}"#,
+        marks.display()
+    ));
+    rig.wait_line(&["generation 2: check attempt started as pid"]);
+    install(&rig, |p| {
+        std::fs::copy(BATON, p).unwrap();
+    });
+    let (code, out, err) = upgrade(&rig, "20s");
+    assert_eq!(code, 0, "{out}{err}\n{}", rig.log());
+    rig.wait_live("2.0");
+    rig.wait_line(&[
+        "generation 2 (app.2.0",
+        "is ready after",
+        "(check:sleep 1.5;",
+    ]);
+    rig.assert_children(1);
+}
