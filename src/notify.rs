@@ -6,7 +6,9 @@
 //! Messages with file descriptors attached have them closed and are dropped,
 //! except a barrier (`BARRIER=1` with one fd, what `sd_notify_barrier(3)` and
 //! `systemd-notify --ready` since v246 send): closing its fd is the answer
-//! the sender waits for, and the rest of the message counts as usual.
+//! the sender waits for, given once the message was handled (the sender is
+//! alive until then, so it can be matched to its generation), and the rest
+//! of the message counts as usual.
 //! Oversized messages are dropped whole; a flood is read in bounded batches
 //! into one buffer, so it can neither block the loop nor grow memory.
 
@@ -40,6 +42,8 @@ pub struct NotifySocket {
     /// A private directory baton created (and removes) for the socket.
     private_dir: Option<PathBuf>,
     buf: Box<[u8; MAX_MESSAGE]>,
+    /// The fd of the barrier last received, held until it is answered.
+    barrier: Option<OwnedFd>,
 }
 
 /// One datagram as received.
@@ -89,6 +93,7 @@ impl NotifySocket {
             path,
             private_dir,
             buf: Box::new([0; MAX_MESSAGE]),
+            barrier: None,
         })
     }
 
@@ -128,11 +133,19 @@ impl NotifySocket {
             path,
             private_dir,
             buf: Box::new([0; MAX_MESSAGE]),
+            barrier: None,
         })
+    }
+
+    /// Answers the barrier last received (closes its fd: its sender goes
+    /// on). [`NotifySocket::recv`] answers it too, if not done by then.
+    pub fn answer_barrier(&mut self) {
+        self.barrier = None;
     }
 
     /// Reads one datagram; None when the queue is empty.
     pub fn recv(&mut self) -> Option<Received> {
+        self.answer_barrier();
         let mut cmsg = nix::cmsg_space!(nix::sys::socket::UnixCredentials, [RawFd; MAX_FDS]);
         let mut iov = [IoSliceMut::new(&mut self.buf[..])];
         let msg = match socket::recvmsg::<()>(
@@ -152,30 +165,31 @@ impl NotifySocket {
             }
         };
         let mut pid = None;
-        let mut fds = 0;
+        let mut received: Vec<OwnedFd> = Vec::new();
         if let Ok(cmsgs) = msg.cmsgs() {
             for c in cmsgs {
                 match c {
                     ControlMessageOwned::ScmCredentials(cred) => pid = Some(cred.pid()),
                     ControlMessageOwned::ScmRights(rights) => {
                         for fd in rights {
-                            fds += 1;
                             // SAFETY: the kernel installed this fd for us
-                            // (MSG_CMSG_CLOEXEC); taking ownership closes it.
-                            drop(unsafe { OwnedFd::from_raw_fd(fd) });
+                            // (MSG_CMSG_CLOEXEC); owning it closes it on drop.
+                            received.push(unsafe { OwnedFd::from_raw_fd(fd) });
                         }
                     }
                     _ => {}
                 }
             }
         }
+        let fds = received.len();
         let (bytes, flags) = (msg.bytes, msg.flags);
         let reason = if flags.contains(MsgFlags::MSG_TRUNC) {
             Some(format!("{bytes} bytes, more than {MAX_MESSAGE}"))
         } else if flags.contains(MsgFlags::MSG_CTRUNC) {
             Some("too many control messages".into())
         } else if fds == 1 && is_barrier(&self.buf[..bytes]) {
-            // Its fd is closed already: that is the barrier's answer.
+            // Closing its fd is the answer; held until the message is handled.
+            self.barrier = received.pop();
             None
         } else if fds > 0 {
             Some(format!("{fds} file descriptor(s) attached (closed)"))
@@ -226,6 +240,14 @@ fn restrict_dir(d: &Path) {
 /// tells it every message it sent before was read.
 fn is_barrier(text: &[u8]) -> bool {
     text.split(|b| *b == b'\n').any(|l| l == b"BARRIER=1")
+}
+
+/// Nothing but `BARRIER=1`: a message that asks for nothing but its answer
+/// (its sender need not belong to a generation, as with systemd).
+pub fn only_barrier(text: &[u8]) -> bool {
+    text.split(|b| *b == b'\n')
+        .all(|l| l.is_empty() || l == b"BARRIER=1")
+        && is_barrier(text)
 }
 
 /// What a notification says, as far as baton cares.
@@ -382,6 +404,20 @@ mod tests {
             drop(w);
             let got = s.recv().unwrap();
             let shown = String::from_utf8_lossy(text);
+            let hup = || {
+                let mut pfd = [nix::poll::PollFd::new(
+                    r.as_fd(),
+                    nix::poll::PollFlags::POLLIN,
+                )];
+                nix::poll::poll(&mut pfd, nix::poll::PollTimeout::ZERO).unwrap();
+                pfd[0]
+                    .revents()
+                    .unwrap()
+                    .contains(nix::poll::PollFlags::POLLHUP)
+            };
+            // A kept barrier is answered once its message was handled.
+            assert_eq!(hup(), !kept, "{shown:?}: answered before it was handled");
+            s.answer_barrier();
             if kept {
                 assert_eq!(
                     got,
@@ -399,21 +435,12 @@ mod tests {
             }
             // Every copy of the write end is closed: the read end says EOF,
             // which is what a barrier's sender waits for.
-            let mut pfd = [nix::poll::PollFd::new(
-                r.as_fd(),
-                nix::poll::PollFlags::POLLIN,
-            )];
-            nix::poll::poll(&mut pfd, nix::poll::PollTimeout::ZERO).unwrap();
-            assert!(
-                pfd[0]
-                    .revents()
-                    .unwrap()
-                    .contains(nix::poll::PollFlags::POLLHUP),
-                "{shown:?}: the fd was closed"
-            );
+            assert!(hup(), "{shown:?}: the fd was closed");
         }
         let m = parse(b"READY=1\nBARRIER=1").unwrap();
         assert!(m.ready);
+        assert!(only_barrier(b"BARRIER=1") && only_barrier(b"BARRIER=1\n"));
+        assert!(!only_barrier(b"READY=1\nBARRIER=1") && !only_barrier(b""));
         drop(s);
         std::fs::remove_dir_all(&dir).unwrap();
     }

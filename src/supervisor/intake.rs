@@ -71,6 +71,10 @@ impl Supervisor {
                         );
                     }
                 }
+                // A barrier asks for nothing but its answer.
+                Received::Message { pid, text } if notify::only_barrier(&text) => {
+                    debug!("answered a barrier from pid {pid}");
+                }
                 Received::Message { pid, text } => match self.owner(pid) {
                     None => {
                         if let Some(n) = self.strangers.allow(now.mono) {
@@ -86,6 +90,7 @@ impl Supervisor {
                     Some(id) => self.on_message(id, pid, &text, now),
                 },
             }
+            self.notify.answer_barrier();
         }
     }
 
