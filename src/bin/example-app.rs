@@ -21,7 +21,8 @@
 //! flight (answering each keep-alive connection's next request with
 //! `Connection: close`) and exits 0; on one in `exit_on` it exits 0 at once,
 //! dropping what is in flight (as servers whose SIGTERM is brutal do). It
-//! logs each of those signals as it receives it, and so do its workers.
+//! logs each of those signals as it receives it, and so do its workers;
+//! once drained it waits up to 2 s for its workers to exit.
 //! With `extend_timeout_ms` it first asks for that much more time to start
 //! (EXTEND_TIMEOUT_USEC).
 //!
@@ -191,8 +192,9 @@ fn main() {
         std::process::exit(code);
     }
     // Workers live in the app's process group; baton retires them with it.
-    // They are deliberately left unwaited: the group's signal ends them.
-    let _workers: Vec<std::process::Child> = (0..cfg.workers)
+    // The group's signal ends them; after its drain the leader waits a
+    // little for them (as a master does), then leaves the rest to baton.
+    let mut workers: Vec<std::process::Child> = (0..cfg.workers)
         .map(|_| {
             let exe = std::env::current_exe().expect("current_exe");
             std::process::Command::new(exe)
@@ -287,6 +289,14 @@ fn main() {
     let mut n = inflight.count.lock().unwrap();
     while *n > 0 {
         n = inflight.idle.wait(n).unwrap();
+    }
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until
+        && workers
+            .iter_mut()
+            .any(|w| w.try_wait().is_ok_and(|s| s.is_none()))
+    {
+        std::thread::sleep(Duration::from_millis(10));
     }
     eprintln!(
         "example-app[{pid}] release {release}: drained in {} ms after {} connection(s); exiting",
