@@ -643,7 +643,19 @@ impl Core {
             .filter(|g| !g.phase.is_retiring())
             .map(|g| g.id)
             .collect();
-        info!("stopping: asking {} generation(s) to stop", running.len());
+        let signals: std::collections::BTreeSet<String> = running
+            .iter()
+            .map(|id| self.stop_of(&self.gens[id].release).signal.to_string())
+            .collect();
+        match (signals.len(), signals.first()) {
+            (0, _) => info!("stopping: no generation to stop"),
+            (1, Some(sig)) => info!("stopping: sending {sig} to {} generation(s)", running.len()),
+            _ => info!(
+                "stopping: sending {} generation(s) their stop signals ({})",
+                running.len(),
+                signals.into_iter().collect::<Vec<_>>().join(", ")
+            ),
+        }
         for id in running {
             self.stop(id, now.mono);
         }
