@@ -92,6 +92,11 @@ impl Opts {
 }
 
 impl Release {
+    /// The same files, whatever the settings.
+    pub fn same_files(&self, other: &Release) -> bool {
+        self.bin == other.bin && self.cfg == other.cfg
+    }
+
     /// Short name for logs and STATUS: the bin file's name (`app.2.0`), with
     /// the cfg file's name when it does not carry the same version.
     pub fn name(&self) -> String {

@@ -236,7 +236,7 @@ impl Recovery {
         let held = self
             .held_back
             .as_ref()
-            .is_some_and(|h| Some(&h.release) == release);
+            .is_some_and(|h| release.is_some_and(|r| r.same_files(&h.release)));
         match (trigger, held, &self.last_good) {
             (Trigger::Startup, true, Some(good)) => Some(good.clone()),
             _ => {
@@ -257,7 +257,7 @@ impl Recovery {
     /// it: its last known good, and its hold if current.conf is unchanged
     /// since. A hold without another good release to serve means nothing.
     pub fn carry(&mut self, good: Option<Release>, held: Option<HeldBack>) {
-        self.held_back = held.filter(|h| good.as_ref().is_some_and(|g| *g != h.release));
+        self.held_back = held.filter(|h| good.as_ref().is_some_and(|g| !g.same_files(&h.release)));
         self.last_good = good;
     }
 }
@@ -346,6 +346,30 @@ mod tests {
         assert!(r.survived_probation(&rel("2.0")));
         assert!(r.retired_serving(&rel("1.0")));
         assert_eq!(r.last_good(), Some(&rel("1.0")));
+    }
+
+    /// The state file names releases by their files: a hold carried over
+    /// from it (without the release's own settings) still holds the release
+    /// current.conf names with its settings.
+    #[test]
+    fn a_carried_hold_holds_the_same_files_whatever_their_settings() {
+        let mut with_opts = rel("2.0");
+        with_opts.opts.stop_target = Some(crate::stop::StopTarget::Leader);
+        let mut r = Recovery::default();
+        r.carry(
+            Some(rel("1.0")),
+            Some(HeldBack {
+                release: rel("2.0"),
+                reason: "crashed 1 s after going live".into(),
+                at: at(0),
+                conf: Some("conf-a".into()),
+            }),
+        );
+        assert!(r.held_back().is_some());
+        assert_eq!(
+            r.named(Some(&with_opts), Trigger::Startup),
+            Some(rel("1.0"))
+        );
     }
 
     #[test]

@@ -2,11 +2,14 @@
 //! before it on this app dir: the history of rollouts, and the last known
 //! good release and the held-back release (the rule is
 //! [`crate::core::recovery`]'s), checked against the files as they are now.
-//! (What served last comes from the links, `links::last_live`.)
+//! (What served last comes from the links, `links::last_live`.) The state
+//! file names releases by their files; a release's own settings (readiness
+//! mode, stop signal, env) are kept only beside the links (`app.opts`), so
+//! the last known good release gets them when it is what served last.
 
 use log::{info, warn};
 
-use super::Supervisor;
+use super::{Supervisor, links};
 use crate::clock::utc;
 use crate::config::{self, Release};
 use crate::core::recovery::HeldBack;
@@ -55,8 +58,14 @@ impl Supervisor {
             );
             return;
         }
+        let served_last = links::last_live(&self.paths.app_dir);
         let good = carried.last_known_good.as_ref().and_then(|r| {
-            let release = still_there(r);
+            let release = still_there(r).map(|mut g| {
+                if let Some(last) = served_last.as_ref().filter(|l| l.same_files(&g)) {
+                    g.opts = last.opts.clone();
+                }
+                g
+            });
             match &release {
                 Some(_) => info!(
                     "{}: {} is the last known good release (baton pid {} knew it)",

@@ -566,3 +566,27 @@ fn a_restarted_baton_falls_back_to_what_served_last_run_the_way_it_ran() {
     rig.wait_live("3.0");
     rig.wait("app.opts removed", || !opts.exists());
 }
+
+#[test]
+fn a_last_known_good_carried_across_a_restart_is_rolled_back_to_the_way_it_ran() {
+    // 1.0 never sends READY=1; only its "ready": "after:300ms" makes it
+    // ready. It becomes the last known good; baton restarts onto 2.0, which
+    // crashes in its probation: the rollback to 1.0 must run it in its mode.
+    let mut rig = Rig::new("carried-opts");
+    rig.release("1.0", r#""notify": false"#);
+    rig.release("2.0", r#""crash_after_ms": 1500"#);
+    rig.write_conf(&conf_with("1.0", r#""ready": "after:300ms""#));
+    rig.start(&["--probation", "1s", "--ready-timeout", "3s"]);
+    rig.wait_live("1.0");
+    rig.wait_log("stayed up for --probation 1s; it is the last known good release");
+    rig.signal(Signal::SIGTERM);
+    assert_eq!(rig.wait_exit().code(), Some(0));
+    rig.point("2.0");
+    rig.start(&["--probation", "10s", "--ready-timeout", "3s"]);
+    rig.wait_line(&["release app.2.0 crashed", "rolled back to app.1.0"]);
+    let pid = rig.wait_live("1.0");
+    rig.wait_line(&[
+        &format!("(app.1.0, pid {pid}) is ready after"),
+        "(after:300ms)",
+    ]);
+}
