@@ -964,7 +964,7 @@ fn a_change_of_settings_alone_rolls_a_fresh_generation_of_the_same_files() {
     assert_eq!(info(&rig, two)["env"]["FEATURE"], "on");
     // The same content again is not a change.
     point_with(&rig, "1.0", r#""env": {"FEATURE": "on"}"#);
-    rig.wait_log("app.1.0 is already serving");
+    rig.wait_log("reads as it did when baton last acted on it (app.1.0); nothing more to do");
     let report = load.stop();
     assert_eq!(report.failed, 0, "{:?}", report.errors);
     assert_eq!(rig.log().matches("started generation").count(), 2);
