@@ -47,6 +47,9 @@ fn candidate(tag: &str) -> (Rig, i32, i32, GroupMember) {
     let (rig, pid) = serving(tag, r#""never_ready": true"#, &["--ready-timeout", "60s"]);
     rig.point("2.0");
     let cand = rig.wait_generation_pid(2);
+    // Its exec seen: baton has closed the exec-status pipe, so that fd
+    // counts taken from now on hold still.
+    rig.wait_line(&["timing: generation 2 exec'd"]);
     let member = GroupMember::join(cand, &notify_sock(&rig));
     (rig, pid, cand, member)
 }
