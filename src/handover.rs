@@ -35,7 +35,10 @@ use crate::state::UpgradeInfo;
 ///
 /// 2: the core keeps a bounded history of rollouts (not just the last), and
 /// the release held back after a crash in probation.
-pub const FORMAT: u32 = 2;
+/// 3: releases carry their own settings (readiness, stop signal, env) and a
+/// starting generation its readiness progress; an image of format 2 would
+/// drop them silently.
+pub const FORMAT: u32 = 3;
 
 /// Names the fd of the memfd holding the handover.
 pub const ENV: &str = "BATON_HANDOVER";
