@@ -167,6 +167,23 @@ impl Baton {
         }
     }
 
+    /// SIGUSR2: baton re-executes itself in place (`baton upgrade`). Returns
+    /// once the new image says it took over.
+    pub fn upgrade(&mut self) -> Result<(), String> {
+        // SAFETY: kill(2) on the pid of the baton this bench started.
+        if unsafe { libc::kill(self.pid(), libc::SIGUSR2) } != 0 {
+            return Err(format!("kill -USR2: {}", std::io::Error::last_os_error()));
+        }
+        let hit = self.log.wait_for(Duration::from_secs(15), POLL, POLL, |l| {
+            l.msg.starts_with("upgraded in place") || l.msg.starts_with("upgrade failed")
+        });
+        match hit {
+            Some(i) if self.log.lines[i].msg.starts_with("upgraded in place") => Ok(()),
+            Some(i) => Err(self.log.lines[i].msg.clone()),
+            None => Err("no outcome of the upgrade after 15 s".into()),
+        }
+    }
+
     /// SIGTERM; baton retires its generation and exits. Its exit status.
     pub fn stop(&mut self) -> i32 {
         let st = self.proc.stop(Duration::from_secs(40));

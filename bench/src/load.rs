@@ -227,6 +227,17 @@ impl Deployer for BatonDeploy<'_> {
     }
 }
 
+/// baton re-executes itself in place (SIGUSR2), the generation serving on.
+pub struct UpgradeDeploy<'a> {
+    pub baton: &'a mut Baton,
+}
+
+impl Deployer for UpgradeDeploy<'_> {
+    fn deploy(&mut self, _i: usize) -> Result<(), String> {
+        self.baton.upgrade()
+    }
+}
+
 /// The same example app without baton: (a) stop, close the port, bind it
 /// again, start (a naive deploy); (b) the port held open by the service
 /// manager, stop then start (socket activation with a plain restart).

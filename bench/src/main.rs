@@ -398,6 +398,20 @@ fn real_main(args: &Args) -> Result<(), String> {
                 s,
                 ports::BATON,
             ));
+            rows.push(row(
+                if sfx.is_empty() {
+                    "baton_upgrade"
+                } else {
+                    "baton_upgrade_close"
+                },
+                lbl(
+                    "baton upgrade: in-place re-exec, same generation",
+                    "baton upgrade, new connection per request",
+                ),
+                Some(st),
+                s,
+                ports::BATON,
+            ));
             if sfx.is_empty() {
                 rows.push(load::Row {
                     plan: sparse,
@@ -501,6 +515,20 @@ fn real_main(args: &Args) -> Result<(), String> {
             for r in rows.iter_mut() {
                 let name = format!("{}-{}", r.key, round + 1);
                 let dep: Option<&mut dyn load::Deployer> = match r.key {
+                    k if k.starts_with("baton_upgrade") => {
+                        let mut d = load::UpgradeDeploy {
+                            baton: b.as_mut().ok_or("no baton")?,
+                        };
+                        r.segs.push(load::run(
+                            &ctx,
+                            &name,
+                            r.port,
+                            r.shape,
+                            &r.plan,
+                            Some(&mut d),
+                        )?);
+                        continue;
+                    }
                     k if k.starts_with("baton") => {
                         let mut d = load::BatonDeploy {
                             baton: b.as_mut().ok_or("no baton")?,
@@ -550,6 +578,11 @@ fn real_main(args: &Args) -> Result<(), String> {
         for (k, mode) in [
             ("baton", "keep-alive"),
             ("baton_close", "new connection per request"),
+            ("baton_upgrade", "keep-alive, in-place upgrades"),
+            (
+                "baton_upgrade_close",
+                "new connection per request, in-place upgrades",
+            ),
         ] {
             if let Some(r) = rows.iter().find(|r| r.key == k) {
                 target(
