@@ -131,7 +131,7 @@ fn shipped_units_pass_systemd_analyze_verify() {
     ] {
         let text = harness::shipped_unit(unit);
         let text = if unit.ends_with(".service") {
-            harness::substitute(unit, &text, &[("/usr/local/bin/baton", harness::BATON)])
+            harness::substitute(unit, &text, &[("/usr/bin/baton", harness::BATON)])
         } else {
             text
         };

@@ -71,7 +71,7 @@ pub fn unit_for_container(name: &str) -> String {
     let text = shipped_unit(name);
     let mut pairs: Vec<(&str, &str)> = vec![];
     if name.ends_with(".service") {
-        pairs.push(("/usr/local/bin/baton", BATON_IN_CONTAINER));
+        pairs.push(("/usr/bin/baton", BATON_IN_CONTAINER));
         if name.contains('@') {
             pairs.push(("User=%i", &user));
             pairs.push(("Group=%i", &group));
