@@ -15,6 +15,9 @@ use crate::play::{Ansible, Run, write_inventory};
 use crate::proxy::{Access, Load, Nginx, Tally};
 
 const HOSTS: usize = 3;
+/// The example app cargo built with the test, unless BATON_FLEET_APP names
+/// another build of it (tests/fleet/run passes the release build: a tenth of
+/// the size to copy to every host).
 const APP: &str = env!("CARGO_BIN_EXE_example-app");
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 /// nginx, on this side of the bridge.
@@ -472,7 +475,11 @@ fn setup() -> Result<Fleet> {
     };
     let build = work.join("build");
     fs::create_dir_all(&build)?;
-    fs::copy(APP, build.join("app")).context("copying the example app")?;
+    let app = std::env::var_os("BATON_FLEET_APP")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(APP));
+    fs::copy(&app, build.join("app"))
+        .with_context(|| format!("copying the example app {}", app.display()))?;
     let nginx = Nginx::start(
         &work.join("nginx"),
         LB,
@@ -601,6 +608,15 @@ fn case_good_release(f: &Fleet, fig: &mut Figures) -> Result<()> {
             (finished - started) * 1000.0
         ));
     }
+    let gates: Vec<String> = run
+        .task_durations("Switch to the release and wait until it serves")
+        .iter()
+        .map(|d| format!("{:.2}s", d.as_secs_f64()))
+        .collect();
+    fig.notes.push(format!(
+        "`baton switch --wait` as Ansible ran it (ssh and module included), per batch: {}",
+        gates.join(", ")
+    ));
     for k in 1..HOSTS {
         ensure!(
             switches[k].0 >= switches[k - 1].1,
@@ -1233,6 +1249,9 @@ pub fn run_all() -> Result<bool> {
             hosts: HOSTS,
             ..Figures::default()
         };
+        figures
+            .notes
+            .push(format!("load average at the start: {}", loadavg()));
         let t = Instant::now();
         let result = case(&mut f, &mut figures);
         let wall = t.elapsed();
@@ -1286,6 +1305,15 @@ pub fn run_all() -> Result<bool> {
     remove_work(&work);
     println!("fleet: {passed} passed, {failed} failed");
     Ok(failed == 0)
+}
+
+/// The 1-minute load average: the machine is shared, and the figures move
+/// with it.
+fn loadavg() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
 }
 
 fn print_row(name: &str, title: &str, wall: Duration, x: &Figures, result: &Result<()>) {

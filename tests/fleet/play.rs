@@ -208,6 +208,26 @@ impl Run {
             .map(|(at, _)| *at)
     }
 
+    /// How long each run of the task named `task` took (from its TASK line
+    /// to the next TASK or PLAY line), in order.
+    pub fn task_durations(&self, task: &str) -> Vec<Duration> {
+        let mut out = Vec::new();
+        let mut started: Option<Duration> = None;
+        for (at, line) in &self.lines {
+            let header = line.starts_with("TASK [") || line.starts_with("PLAY ");
+            if !header {
+                continue;
+            }
+            if let Some(t0) = started.take() {
+                out.push(*at - t0);
+            }
+            if line.starts_with("TASK [") && line.contains(task) {
+                started = Some(*at);
+            }
+        }
+        out
+    }
+
     /// PLAY RECAP: host -> (ok, changed, unreachable, failed).
     pub fn recap(&self) -> BTreeMap<String, (u32, u32, u32, u32)> {
         let mut out = BTreeMap::new();
