@@ -824,6 +824,89 @@ fn case_http_check_fails_in_batch_2(f: &Fleet, fig: &mut Figures) -> Result<()> 
     Ok(())
 }
 
+/// Case 3b: the other rollback policies, with batches of one host then two
+/// and the same release (healthy on fleet-1 and fleet-3, unhealthy on
+/// fleet-2). `batch` puts fleet-3 (fleet-2's batch) back and leaves fleet-1
+/// (batch 1) on 3.0; `none` puts back only fleet-2. rollback.yml then brings
+/// the fleet back to 1.0.
+fn case_rollback_policies(f: &Fleet, fig: &mut Figures) -> Result<()> {
+    let args = |policy: &str| {
+        vec![
+            "version=3.0".to_owned(),
+            format!("bin={}", f.path("unhealthy-app")),
+            format!("cfg={}", f.path("cfg.3.0")),
+            "baton_http_check_url=http://127.0.0.1:3000/".into(),
+            r#"{"baton_serial": [1, 2]}"#.into(),
+            format!("baton_rollback={policy}"),
+        ]
+    };
+    let two_batches = |run: &Run| -> Result<()> {
+        let batches: Vec<Vec<String>> = run.batches().into_iter().map(|b| b.hosts).collect();
+        ensure!(
+            batches == [vec!["fleet-1"], vec!["fleet-2", "fleet-3"]],
+            "{}: batches {batches:?}, expected fleet-1 then fleet-2 and fleet-3",
+            run.name
+        );
+        Ok(())
+    };
+
+    let (run, tally, _) = f.under_load(|| {
+        f.ansible
+            .run("case3b-rollback-batch", "rollout.yml", &args("batch"))
+    })?;
+    fig.add_run(&run);
+    fig.add_load(&tally);
+    expect_failure(&run)?;
+    two_batches(&run)?;
+    f.assert_serves(&[0], "3.0")?;
+    f.assert_serves(&[1, 2], "1.0")?;
+    expect_line(
+        &run,
+        "fleet-1",
+        &["serves 3.0", "kept (baton_rollback=batch"],
+    )?;
+    expect_line(&run, "fleet-2", &["serves 1.0 again", "HTTP check failed"])?;
+    expect_line(
+        &run,
+        "fleet-3",
+        &["serves 1.0 again", "rolled back from 3.0"],
+    )?;
+    no_failures("case 3b, rollback=batch", &tally)?;
+
+    let (run, tally, _) = f.under_load(|| {
+        f.ansible
+            .run("case3b-rollback-none", "rollout.yml", &args("none"))
+    })?;
+    fig.add_run(&run);
+    fig.add_load(&tally);
+    expect_failure(&run)?;
+    two_batches(&run)?;
+    f.assert_serves(&[0, 2], "3.0")?;
+    f.assert_serves(&[1], "1.0")?;
+    expect_line(&run, "fleet-1", &["serves 3.0", "already served it"])?;
+    expect_line(&run, "fleet-2", &["serves 1.0 again", "HTTP check failed"])?;
+    expect_line(
+        &run,
+        "fleet-3",
+        &["serves 3.0", "kept (baton_rollback=none"],
+    )?;
+    no_failures("case 3b, rollback=none", &tally)?;
+
+    let (run, tally, _) = f.under_load(|| {
+        f.ansible.run(
+            "case3b-rollback-1.0",
+            "rollback.yml",
+            &["version=1.0".into()],
+        )
+    })?;
+    fig.add_run(&run);
+    fig.add_load(&tally);
+    expect_success(&run)?;
+    f.assert_serves(&[0, 1, 2], "1.0")?;
+    no_failures("case 3b, rollback.yml", &tally)?;
+    Ok(())
+}
+
 /// Case 4: bad input: a missing artifact, a corrupted one (its sha256 does not
 /// match the build's SHA256SUMS: it never reaches current.conf on any
 /// host), and a different build under a version the hosts already have
@@ -1231,6 +1314,9 @@ pub fn run_all() -> Result<bool> {
         }),
         ("3", "ready, fails the HTTP check in batch 2", |f, x| {
             case_http_check_fails_in_batch_2(f, x)
+        }),
+        ("3b", "rollback=batch, then none (serial 1, 2)", |f, x| {
+            case_rollback_policies(f, x)
         }),
         ("4", "missing, corrupted, rebuilt artifacts", |f, x| {
             case_bad_artifacts(f, x)
