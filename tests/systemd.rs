@@ -1152,13 +1152,15 @@ fn as_written(lines: &[String]) -> String {
 /// --release` holds (`target/release/baton`, the shipped `systemd/` units
 /// as they are), and the `build/myapp` and `build/config` the steps name
 /// (the example app as release 1.0). /usr is the host's, read-only, in the
-/// container: a tmpfs on /usr/local/bin takes the installed baton. The
-/// units the harness installed are removed, so only the steps' own run.
+/// container: an overlay on /usr/bin (its upper layer in the container's
+/// /run) takes the installed baton. The units the harness installed are
+/// removed, so only the steps' own run.
 fn checkout(m: &Machine) {
     m.run(&[
         "sh",
         "-ec",
-        "mount -t tmpfs -o mode=0755 tmpfs /usr/local/bin
+        "mkdir -p /run/usr-bin/upper /run/usr-bin/work
+         mount -t overlay overlay -o lowerdir=/usr/bin,upperdir=/run/usr-bin/upper,workdir=/run/usr-bin/work /usr/bin
          rm -f /run/systemd/system/app.* /run/systemd/system/baton@.*
          systemctl daemon-reload
          mkdir -p /root/checkout/target/release /root/checkout/build /root/checkout/systemd
