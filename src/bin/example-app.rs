@@ -111,6 +111,9 @@ fn main() {
             set.add(s);
         }
         set.thread_block().expect("sigmask");
+        // Tell the leader it is up (signals now wait for sigwait), as a
+        // worker tells its master it booted.
+        println!("up");
         if args.get(2).map(String::as_str) == Some("--notify-ready") {
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
         }
@@ -199,10 +202,19 @@ fn main() {
             let exe = std::env::current_exe().expect("current_exe");
             std::process::Command::new(exe)
                 .arg("--worker")
+                .stdout(std::process::Stdio::piped())
                 .spawn()
                 .expect("spawning worker")
         })
         .collect();
+    // Ready only once every worker is up: a stop from then on reaches a
+    // worker that handles it.
+    for w in &mut workers {
+        let mut up = String::new();
+        if let Some(out) = w.stdout.as_mut() {
+            let _ = BufReader::new(out).read_line(&mut up);
+        }
+    }
 
     let inflight = Arc::new(InFlight {
         count: Mutex::new(0),
