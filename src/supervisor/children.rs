@@ -199,6 +199,10 @@ impl Supervisor {
         run.child.exec_status = None;
         match outcome {
             Ok(()) => {
+                debug!(
+                    "generation {id} (pid {}) exec'd; its exec-status pipe is closed",
+                    run.child.pid
+                );
                 if let Some(t) = run.change_seen.take() {
                     debug!(
                         "timing: generation {id} exec'd {}us after the change was seen",
