@@ -111,8 +111,19 @@ impl Image {
     }
 }
 
+/// A message for systemd the core asked for, sent once the state file
+/// says the same (see `publish`).
+#[derive(Debug, Clone, Copy)]
+enum Tell {
+    Ready,
+    Reloading,
+    Stopping,
+}
+
 struct Supervisor {
     core: Core,
+    /// What to tell systemd after the next state file write.
+    tell: Vec<Tell>,
     /// Every generation leader not yet reaped, with its pidfd.
     children: HashMap<GenId, children::Running>,
     listeners: Listeners,
@@ -217,6 +228,7 @@ impl Supervisor {
         );
         let mut sup = Supervisor {
             core: Core::new(settings),
+            tell: Vec::new(),
             children: HashMap::new(),
             checks: HashMap::new(),
             listen_fds: listeners.raw_fds(),
@@ -337,8 +349,11 @@ impl Supervisor {
         }
     }
 
-    /// The state file and STATUS=, each only when changed; the file first,
-    /// so that whoever sees a STATUS= finds the state file saying as much.
+    /// The state file, then what systemd is to be told (READY=1,
+    /// RELOADING=1, STOPPING=1 as the core asked, and STATUS=), each only
+    /// when changed. In that order: whoever learns something from systemd
+    /// (`systemctl start` returning, a changed StatusText) and then reads
+    /// the state file finds it saying at least as much.
     fn publish(&mut self) {
         let state = report::state(
             &self.core,
@@ -352,6 +367,13 @@ impl Supervisor {
             },
         );
         self.state.write(&state);
+        for tell in std::mem::take(&mut self.tell) {
+            match tell {
+                Tell::Ready => self.systemd.ready(&state.status),
+                Tell::Reloading => self.systemd.reloading(),
+                Tell::Stopping => self.systemd.stopping(),
+            }
+        }
         self.systemd.status(&state.status);
     }
 
@@ -372,10 +394,11 @@ impl Supervisor {
                             links::point_at(&self.paths.app_dir, &g.release);
                         }
                     }
-                    Action::SystemdReady => self.systemd.ready(&report::status_line(&self.core)),
-                    Action::SystemdReloading => self.systemd.reloading(),
+                    // Sent by publish(), after the state file.
+                    Action::SystemdReady => self.tell.push(Tell::Ready),
+                    Action::SystemdReloading => self.tell.push(Tell::Reloading),
                     Action::SystemdExtend { more } => self.systemd.extend(more),
-                    Action::SystemdStopping => self.systemd.stopping(),
+                    Action::SystemdStopping => self.tell.push(Tell::Stopping),
                     Action::Exit => self.exit = true,
                 }
             }

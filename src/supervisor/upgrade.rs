@@ -397,6 +397,7 @@ impl Supervisor {
         last.finished_at = Some(unix(now.wall));
         let mut sup = Supervisor {
             core: h.core.with_settings(settings(args)),
+            tell: Vec::new(),
             children,
             checks: std::collections::HashMap::new(),
             listen_fds: listeners.raw_fds(),

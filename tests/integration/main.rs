@@ -6,6 +6,7 @@ mod util;
 mod cli;
 mod faults;
 mod hostile;
+mod probes;
 mod properties;
 mod reliability;
 mod rollout;

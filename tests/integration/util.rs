@@ -682,3 +682,61 @@ impl Rng {
         &items[self.below(items.len())]
     }
 }
+
+/// One STATUS= baton sent its (fake) systemd, and what the state file
+/// said at that moment.
+#[derive(Debug, Clone)]
+pub struct StatusSeen {
+    pub status: String,
+    /// The state file's `status`, read while baton was stopped right
+    /// after the datagram arrived (None: no state file).
+    pub state_status: Option<String>,
+}
+
+impl Rig {
+    /// Until `done` is set: reads every datagram baton sends its (fake)
+    /// systemd as soon as it arrives; for each STATUS=, stops baton at once
+    /// (SIGSTOP, so it cannot move on), reads the state file, and lets it
+    /// go on (SIGCONT). Run it on a thread of its own while another drives
+    /// baton without draining the notifications (no [`Rig::wait`]).
+    pub fn freeze_on_each_status(&self, done: &std::sync::atomic::AtomicBool) -> Vec<StatusSeen> {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        use std::os::fd::AsFd;
+        let baton = Pid::from_raw(self.baton_pid());
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 8192];
+        while !done.load(std::sync::atomic::Ordering::SeqCst) {
+            let mut fds = [PollFd::new(self.systemd.as_fd(), PollFlags::POLLIN)];
+            if poll(&mut fds, PollTimeout::from(10u8)).unwrap_or(0) == 0 {
+                continue;
+            }
+            while let Ok(n) = self.systemd.recv(&mut buf) {
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let status = text
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("STATUS="))
+                    .next_back()
+                    .map(str::to_owned);
+                if let Some(status) = status {
+                    let _ = kill(baton, Signal::SIGSTOP);
+                    wait_until(Duration::from_secs(5), || {
+                        procs()
+                            .iter()
+                            .find(|p| p.pid == baton.as_raw())
+                            .is_none_or(|p| matches!(p.state, 'T' | 'Z' | 'X'))
+                    });
+                    let state_status = self
+                        .state()
+                        .and_then(|s| s["status"].as_str().map(str::to_owned));
+                    let _ = kill(baton, Signal::SIGCONT);
+                    seen.push(StatusSeen {
+                        status,
+                        state_status,
+                    });
+                }
+                self.notes.lock().unwrap().push(text);
+            }
+        }
+        seen
+    }
+}
