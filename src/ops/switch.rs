@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use super::catalog::{cfg_prefix, is_release, read_current, resolve_bin};
+use super::catalog::{cfg_prefix, is_release, read_current, resolve_bin, same_place};
 use super::wait::{Waited, wait_for_state};
 use super::{EXIT_FAILED, EXIT_NOT_RUNNING, EXIT_OK, not_running, pid_text, report_failure};
 use crate::inherit;
@@ -94,6 +94,16 @@ fn write_atomically(path: &Path, text: &[u8]) -> Result<()> {
         .with_context(|| format!("fsync {}", dir.display()))
 }
 
+/// What current.conf names now, when that is not `bin` with `cfg`: the
+/// release's name, or why it names none.
+fn names_other(p: &AppPaths, bin: &Path, cfg: &Path) -> Option<String> {
+    match read_current(p).and_then(|c| c.release) {
+        Some(r) if same_place(&r.bin, bin) && same_place(&r.cfg, cfg) => None,
+        Some(r) => Some(r.name()),
+        None => Some("something baton cannot run".into()),
+    }
+}
+
 pub fn run(p: &AppPaths, release: &str, wait: Option<Duration>) -> Result<u8> {
     let current = read_current(p);
     let prefix = cfg_prefix(current.as_ref());
@@ -161,21 +171,28 @@ pub fn run(p: &AppPaths, release: &str, wait: Option<Duration>) -> Result<u8> {
         {
             return Some(Ok(g.clone()));
         }
+        // Whether someone changed current.conf after this switch is what
+        // the file says now, not which rollout baton reports: a rollout
+        // of another release may have begun from a write made before this
+        // one (another operator's switch at the same moment) and be
+        // superseded by this one a moment later.
+        if let Some(now_named) = names_other(p, &bin, &cfg) {
+            return Some(Err(format!(
+                "current.conf was changed again: it now names {now_named}"
+            )));
+        }
         if let Some(r) = s.last_rollout.as_ref().filter(|r| r.seq > seq_before) {
             let ours = r
                 .release
                 .as_ref()
                 .is_some_and(|rel| is_release(rel, &bin, &cfg));
             if !ours {
-                let now_named = r
-                    .release
-                    .as_ref()
-                    .map(|rel| rel.name.clone())
-                    .unwrap_or_else(|| "something baton cannot run".into());
-                return Some(Err(match &r.reason {
-                    Some(why) if r.release.is_none() => format!("current.conf was refused: {why}"),
-                    _ => format!("current.conf was changed again: it now names {now_named}"),
-                }));
+                if let (None, Some(why)) = (&r.release, &r.reason) {
+                    return Some(Err(format!("current.conf was refused: {why}")));
+                }
+                // Begun before baton read this switch's write: wait for
+                // the rollout of ours.
+                return None;
             }
             if !matches!(
                 r.result,

@@ -57,3 +57,66 @@ fn the_state_file_is_written_before_status_is_sent() {
         );
     }
 }
+
+/// Two operators run `baton switch --wait` at the same moment, to
+/// different releases. The last write wins: its switch reports that its
+/// release serves, and the other one (unless its release served first)
+/// that current.conf was changed again to the winner. Neither may claim
+/// the other's release as a change made after it, nor both fail.
+#[test]
+fn concurrent_switch_wait_reports_the_last_write_as_the_winner() {
+    let mut rig = Rig::new("p-switch2");
+    rig.release("1.0", "");
+    for v in ["3.0", "4.0"] {
+        rig.release(v, r#""ready_delay_ms": 300"#);
+    }
+    rig.point("1.0");
+    rig.start(&[]);
+    rig.wait_live("1.0");
+    let conf = path_str(&rig.conf).to_owned();
+    for round in 0..6 {
+        let (a, b) = std::thread::scope(|scope| {
+            let a = scope.spawn(|| baton_cmd(&["switch", "3.0", "--config", &conf, "--wait=20s"]));
+            let b = scope.spawn(|| baton_cmd(&["switch", "4.0", "--config", &conf, "--wait=20s"]));
+            (a.join().unwrap(), b.join().unwrap())
+        });
+        let text = std::fs::read_to_string(&rig.conf).unwrap();
+        let last = if text.contains("app.3.0") {
+            "3.0"
+        } else {
+            "4.0"
+        };
+        let (winner, other, other_v) = if last == "3.0" {
+            (&a, &b, "4.0")
+        } else {
+            (&b, &a, "3.0")
+        };
+        assert_eq!(
+            winner.0,
+            0,
+            "round {round}: the last write (app.{last}) must be reported serving: {winner:?}\nthe other: {other:?}\n{}",
+            rig.log()
+        );
+        assert!(
+            winner.1.contains(&format!("app.{last} serves")),
+            "{winner:?}"
+        );
+        match other.0 {
+            0 => assert!(
+                other.1.contains(&format!("app.{other_v} serves")),
+                "{other:?}"
+            ),
+            _ => assert!(
+                other.2.contains(&format!(
+                    "current.conf was changed again: it now names app.{last}"
+                )),
+                "round {round}: {other:?}"
+            ),
+        }
+        rig.wait_live(last);
+        assert_eq!(rig.serving().map(|(v, _)| v), Some(last.to_owned()));
+        rig.point("1.0");
+        rig.wait_live("1.0");
+    }
+    rig.assert_children(1);
+}
