@@ -22,6 +22,10 @@ pub fn run(p: &AppPaths, timeout: Duration) -> Result<u8> {
         Err(code) => return Ok(code),
     };
     let seq = before.last_rollout.as_ref().map_or(0, |r| r.seq);
+    // A rollout that began before this SIGHUP is not its answer, even if
+    // it finishes after: SIGHUPs close together are one burst, and the
+    // reload that answers it begins after the last of them.
+    let sent = unix(SystemTime::now());
     signal(&before, Signal::SIGHUP)?;
     let waited = wait_for_state(&p.app_dir, deadline, |s| {
         if s.pid != before.pid {
@@ -30,7 +34,10 @@ pub fn run(p: &AppPaths, timeout: Duration) -> Result<u8> {
                 before.pid, s.pid
             )));
         }
-        if let Some(r) = s.last_rollout.as_ref().filter(|r| r.seq > seq)
+        if let Some(r) = s
+            .last_rollout
+            .as_ref()
+            .filter(|r| r.seq > seq && r.started_at >= sent)
             && r.result != RolloutResult::InProgress
         {
             return Some(Ok((r.clone(), s.serving.clone())));

@@ -104,7 +104,71 @@ impl Debounce {
     }
 }
 
+/// SIGHUPs, debounced as edits are: the first after a quiet spell starts
+/// a fresh generation at once; SIGHUPs closer together than [`SETTLE`] are
+/// a burst, folded into one more reload once they have stopped for that
+/// long. Every SIGHUP is still followed by a generation started after it,
+/// and a storm of them starts two, not one each (which would supersede
+/// each fresh generation before it could get ready, for as long as the
+/// storm lasts). Pure: instants are passed in.
+#[derive(Debug, Default)]
+pub struct Reloads {
+    /// The last SIGHUP.
+    last: Option<Instant>,
+    /// The folded reload is due then.
+    trailing: Option<Instant>,
+}
+
+impl Reloads {
+    /// A SIGHUP at `now`: true when it should reload at once; false when
+    /// it joins a burst.
+    pub fn signal(&mut self, now: Instant) -> bool {
+        let quiet = self.last.is_none_or(|t| now.duration_since(t) >= SETTLE);
+        self.last = Some(now);
+        if self.trailing.is_none() && quiet {
+            return true;
+        }
+        self.trailing = Some(now + SETTLE);
+        false
+    }
+
+    pub fn deadline(&self) -> Option<Instant> {
+        self.trailing
+    }
+
+    /// True once, when the folded reload is due.
+    pub fn due(&mut self, now: Instant) -> bool {
+        if self.trailing.is_some_and(|t| t <= now) {
+            self.trailing = None;
+            return true;
+        }
+        false
+    }
+}
+
 impl Supervisor {
+    /// SIGHUP: a fresh generation of what current.conf names, at once or
+    /// after the burst it belongs to.
+    pub(super) fn on_sighup(&mut self, now: Now) {
+        if self.reloads.signal(now.mono) {
+            info!("received SIGHUP: reloading {}", self.paths.config.display());
+            self.read_conf(Trigger::Reload, now);
+        } else {
+            debug!("received SIGHUP within {SETTLE:?} of the last: one more reload once they stop");
+        }
+    }
+
+    /// The reload a burst of SIGHUPs folded into, once it is due.
+    pub(super) fn on_reload_due(&mut self, now: Now) {
+        if self.reloads.due(now.mono) {
+            info!(
+                "SIGHUPs stopped: reloading {} once for all of them",
+                self.paths.config.display()
+            );
+            self.read_conf(Trigger::Reload, now);
+        }
+    }
+
     pub(super) fn on_watch(&mut self, now: Now) {
         for change in self.watcher.read() {
             match change {
@@ -297,6 +361,32 @@ mod tests {
         assert!(d.change(ms(t0, 1)), "its write still acts at once");
         d.read(ms(t0, 1), rel("2.0"));
         assert!(!d.change(ms(t0, 2)));
+    }
+
+    #[test]
+    fn sighups_act_at_once_then_fold_a_storm_into_one_more_reload() {
+        let t0 = Instant::now();
+        let mut r = Reloads::default();
+        assert!(r.signal(t0), "the first acts at once");
+        assert_eq!(r.deadline(), None);
+        for n in 1..50 {
+            assert!(!r.signal(ms(t0, 20 * n)), "a storm: folded");
+        }
+        let last = ms(t0, 20 * 49);
+        assert_eq!(
+            r.deadline(),
+            Some(last + SETTLE),
+            "quiet counted from the last"
+        );
+        assert!(!r.due(last + SETTLE - Duration::from_millis(1)));
+        assert!(r.due(last + SETTLE), "one more reload after the storm");
+        assert!(!r.due(last + SETTLE * 3), "once");
+        assert!(
+            r.signal(last + SETTLE * 2),
+            "after a quiet spell: at once again"
+        );
+        // Two reloads 150 ms apart are two reloads, each at once.
+        assert!(r.signal(last + SETTLE * 2 + Duration::from_millis(150)));
     }
 
     #[test]

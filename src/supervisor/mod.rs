@@ -147,6 +147,8 @@ struct Supervisor {
     image: Image,
     paths: AppPaths,
     debounce: conf::Debounce,
+    /// SIGHUPs, debounced likewise.
+    reloads: conf::Reloads,
     /// current.conf as baton last read it.
     conf_read: Option<ConfStamp>,
     watchdog_at: Option<Instant>,
@@ -247,6 +249,7 @@ impl Supervisor {
             image,
             paths,
             debounce: conf::Debounce::default(),
+            reloads: conf::Reloads::default(),
             conf_read: None,
             strangers: intake::RateLimit::new(1),
             malformed: intake::RateLimit::new(10),
@@ -278,6 +281,7 @@ impl Supervisor {
             let deadline = [
                 self.core.next_deadline(),
                 self.debounce.deadline(),
+                self.reloads.deadline(),
                 self.upgrades.deadline(),
                 self.watchdog_at,
             ]
@@ -338,6 +342,7 @@ impl Supervisor {
                 self.on_notify(now);
             }
             self.on_settled(now);
+            self.on_reload_due(now);
             self.on_upgrade_deadline(now);
             if let (Some(at), Some(every)) = (self.watchdog_at, self.systemd.watchdog_interval())
                 && at <= now.mono
@@ -416,10 +421,7 @@ impl Supervisor {
                     info!("received {s}");
                     self.core.shutdown(now);
                 }
-                Ok(Signal::SIGHUP) => {
-                    info!("received SIGHUP: reloading {}", self.paths.config.display());
-                    self.read_conf(Trigger::Reload, now);
-                }
+                Ok(Signal::SIGHUP) => self.on_sighup(now),
                 Ok(Signal::SIGUSR2) => upgrade = true,
                 _ => {}
             }

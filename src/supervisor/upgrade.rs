@@ -416,6 +416,7 @@ impl Supervisor {
             image: Image::this(),
             paths,
             debounce: conf::Debounce::default(),
+            reloads: conf::Reloads::default(),
             conf_read: h.conf_read,
             strangers: intake::RateLimit::new(1),
             malformed: intake::RateLimit::new(10),

@@ -7,6 +7,10 @@
 //! nothing leaks.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 
 use crate::util::*;
 
@@ -118,5 +122,72 @@ fn concurrent_switch_wait_reports_the_last_write_as_the_winner() {
         rig.point("1.0");
         rig.wait_live("1.0");
     }
+    rig.assert_children(1);
+}
+
+/// A storm of SIGHUPs (a script gone wrong) during a rollout: the first
+/// reloads at once, the rest fold into one more reload once they stop.
+/// The fresh generation gets ready during the storm instead of being
+/// superseded by every next SIGHUP, a generation started after the last
+/// SIGHUP serves in the end, `baton reload` run in the middle of it
+/// answers with such a generation, and nothing fails.
+#[test]
+fn a_sighup_storm_during_a_rollout_starts_two_generations_not_one_per_signal() {
+    let (rig, _) = serving("p-hupstorm", "", r#""ready_delay_ms": 300"#, &[]);
+    let load = Load::start(rig.port, 2);
+    rig.point("2.0");
+    rig.wait_line(&["rolling out app.2.0"]);
+    let baton = Pid::from_raw(rig.baton_pid());
+    let conf = path_str(&rig.conf).to_owned();
+    let storm = Duration::from_millis(2000);
+    let (sent, reload) = std::thread::scope(|scope| {
+        let storm = scope.spawn(|| {
+            let t0 = Instant::now();
+            let mut sent = 0;
+            while t0.elapsed() < storm {
+                kill(baton, Signal::SIGHUP).unwrap();
+                sent += 1;
+                std::thread::sleep(Duration::from_millis(20)); // the storm's pace, not a wait
+            }
+            sent
+        });
+        std::thread::sleep(Duration::from_millis(500)); // into the storm, not a wait
+        let reload = baton_cmd(&["reload", "--config", &conf, "--timeout", "20s"]);
+        (storm.join().unwrap(), reload)
+    });
+    // Every SIGHUP is logged (those folded into the next reload at debug).
+    rig.wait(
+        &format!("baton to have read {sent} SIGHUPs or fewer"),
+        || !rig.log_lines(&["received SIGHUP"]).is_empty(),
+    );
+    let pid = rig.wait_live("2.0");
+    let last_hup = rig.log_lines(&["received SIGHUP"]).pop().unwrap();
+    let report = load.stop();
+    assert_eq!(report.failed, 0, "{:?}", report.errors);
+    assert_eq!(reload.0, 0, "baton reload during the storm: {reload:?}");
+    assert!(
+        reload.1.starts_with("reloaded: app.2.0 serves"),
+        "{reload:?}"
+    );
+    let started = rig.log_lines(&["started generation"]).len();
+    assert!(
+        started <= 5,
+        "{sent} SIGHUPs started {started} generations (1.0, 2.0, the first reload, the one after the storm, and the one after baton reload's SIGHUP at most)\n{}",
+        rig.log()
+    );
+    // A generation got ready while the storm went on.
+    let lines: Vec<String> = rig.log().lines().map(str::to_owned).collect();
+    let end = lines.iter().position(|l| *l == last_hup).unwrap();
+    assert!(
+        lines[..end].iter().any(|l| l.contains("is live; retiring")),
+        "nothing went live during the storm\n{}",
+        rig.log()
+    );
+    // What serves in the end was started after the last SIGHUP.
+    let last_start = lines
+        .iter()
+        .rposition(|l| l.contains("started generation") && l.contains(&format!("pid {pid})")))
+        .unwrap();
+    assert!(last_start > end, "{}", rig.log());
     rig.assert_children(1);
 }
