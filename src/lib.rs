@@ -65,6 +65,12 @@
 //!   child subreaper, so orphaned
 //!   grandchildren are reaped too. Signals go through pidfds, so a recycled
 //!   pid is never hit.
+//! - **A baton that died** (kill -9, a crash) leaves its generations
+//!   running under the shipped units (`KillMode=process`). The next baton
+//!   recognises them from the state file (pid, process start time from
+//!   [`procfs`], boot id), lets the live one serve until its own generation
+//!   is live and then retires it; it watches them through their pidfds,
+//!   since they are not its children.
 //!
 //! ## The operator side
 //!
@@ -95,6 +101,7 @@ pub mod logging;
 pub mod notify;
 pub mod ops;
 pub mod paths;
+pub mod procfs;
 pub mod readiness;
 pub mod report;
 pub mod sockets;

@@ -35,6 +35,17 @@ pub fn status_line(core: &Core) -> String {
         }
         s
     });
+    // Until this baton has a generation live, one adopted from the baton
+    // before it serves.
+    let serving = serving.or_else(|| {
+        core.adopted_serving().map(|g| {
+            format!(
+                "{} (pid {}, adopted from the baton before this one)",
+                g.release,
+                g.pid.unwrap_or(0)
+            )
+        })
+    });
     let mut line = match (core.note(), &serving) {
         (Some(Note::Failure(n)), Some(s)) => format!("{n}; still serving {s}"),
         (Some(Note::Recovery(n)), Some(s)) => format!("{n}; serving {s}"),
@@ -72,6 +83,7 @@ fn generation_info(g: &Generation) -> GenerationInfo {
         state: g.phase.state(),
         trigger: g.trigger,
         started_at: unix(g.started_wall),
+        start_time: g.start_time,
     }
 }
 
@@ -85,12 +97,15 @@ pub struct Daemon<'a> {
     pub image_started: SystemTime,
     pub stopping: bool,
     pub last_upgrade: Option<&'a UpgradeInfo>,
+    /// This boot's id, read at start.
+    pub boot_id: Option<&'a str>,
 }
 
 /// The state file's content.
 pub fn state(core: &Core, d: &Daemon) -> State {
     State {
         pid: std::process::id(),
+        boot_id: d.boot_id.map(str::to_owned),
         version: Some(env!("CARGO_PKG_VERSION").to_owned()),
         image_started_at: Some(unix(d.image_started)),
         config: d.config.to_owned(),

@@ -505,10 +505,11 @@ unsafe fn write_pid(out: *mut u8) {
     }
 }
 
-fn pidfd_open(pid: Pid) -> Option<OwnedFd> {
+/// A pidfd for `pid` (None where the kernel has none, or it is gone).
+pub fn pidfd_open(pid: Pid) -> Option<OwnedFd> {
     // SAFETY: pidfd_open takes a pid and flags and returns a new fd (always
-    // close-on-exec) or -1; the pid is our unreaped child, so it cannot have
-    // been recycled.
+    // close-on-exec) or -1. (For an unreaped child the pid cannot have been
+    // recycled; a caller passing any other pid checks what it opened.)
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
     if fd < 0 {
         return None;

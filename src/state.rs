@@ -56,6 +56,10 @@ pub enum GenState {
     Live,
     Stopping,
     Killed,
+    /// A generation of the baton before this one (killed, crashed) that
+    /// was still serving when this one started: it serves until this
+    /// baton has a generation live, then is retired.
+    Adopted,
 }
 
 impl GenState {
@@ -66,6 +70,7 @@ impl GenState {
             GenState::Live => "live",
             GenState::Stopping => "stopping",
             GenState::Killed => "killed",
+            GenState::Adopted => "adopted",
         }
     }
 }
@@ -106,6 +111,11 @@ pub struct GenerationInfo {
     pub state: GenState,
     pub trigger: Trigger,
     pub started_at: f64,
+    /// When its process started, in clock ticks since boot (see
+    /// [`crate::procfs::start_time`]): with the pid and the state file's
+    /// `boot_id`, what lets a restarted baton recognise it.
+    #[serde(default)]
+    pub start_time: Option<u64>,
 }
 
 /// One rollout: the last one an operator asked for (`last_rollout`), and
@@ -185,6 +195,9 @@ pub struct HeldBackInfo {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct State {
     pub pid: u32,
+    /// The boot this baton runs in (`/proc/sys/kernel/random/boot_id`).
+    #[serde(default)]
+    pub boot_id: Option<String>,
     /// baton's version (the running image's). Absent in state files of
     /// batons that predate in-place upgrades.
     #[serde(default)]
@@ -236,9 +249,24 @@ pub struct Carried {
     pub last_known_good: Option<ReleaseInfo>,
     pub held_back: Option<HeldBackInfo>,
     pub history: Vec<RolloutInfo>,
+    /// Its generations (each read on its own, so that one this baton
+    /// cannot read costs nothing else; see [`Carried::generations`]), and
+    /// the boot they ran in: those still running when a new baton starts
+    /// are adopted by it.
+    #[serde(rename = "generations")]
+    pub raw_generations: Vec<serde_json::Value>,
+    pub boot_id: Option<String>,
 }
 
 impl Carried {
+    /// The generations this baton can read.
+    pub fn generations(&self) -> Vec<GenerationInfo> {
+        self.raw_generations
+            .iter()
+            .filter_map(|g| serde_json::from_value(g.clone()).ok())
+            .collect()
+    }
+
     pub fn read(app_dir: &Path) -> Result<Carried> {
         let path = app_dir.join(STATE_FILE);
         let text = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
@@ -359,6 +387,7 @@ mod tests {
             GenState::Live,
             GenState::Stopping,
             GenState::Killed,
+            GenState::Adopted,
         ] {
             assert_eq!(word(serde_json::to_value(s).unwrap()), s.as_str());
         }

@@ -5,6 +5,8 @@
 //!   Starting --ready--> (Soaking --soak over-->) Live --newer one live--> Stopping --> Killed
 //!      |  exited / ready-timeout                    | died: restart (backoff) or roll back
 //!      +-> rollout failed, old one keeps serving    v
+//!
+//!   Adopted (an earlier baton's, still serving) --a generation of this baton live--> Stopping
 //! ```
 
 use std::time::{Instant, SystemTime};
@@ -54,6 +56,10 @@ pub enum Phase {
     },
     /// Sent SIGKILL; waiting to be reaped.
     Killed,
+    /// A generation of the baton before this one, still serving when this
+    /// one started: not this baton's child. It serves on until a
+    /// generation of this baton is live, then is retired (Stopping).
+    Adopted,
 }
 
 impl Phase {
@@ -64,6 +70,7 @@ impl Phase {
             Phase::Live { .. } => GenState::Live,
             Phase::Stopping { .. } => GenState::Stopping,
             Phase::Killed => GenState::Killed,
+            Phase::Adopted => GenState::Adopted,
         }
     }
 
@@ -85,7 +92,7 @@ impl Phase {
                 ..
             } => probation_until.into_iter().chain(healthy_at).min(),
             Phase::Stopping { kill_at } => Some(kill_at),
-            Phase::Killed => None,
+            Phase::Killed | Phase::Adopted => None,
         }
     }
 
@@ -108,6 +115,10 @@ pub struct Generation {
     pub phase: Phase,
     /// The app's own STATUS=, relayed into baton's.
     pub app_status: Option<String>,
+    /// When its process started, in clock ticks since boot (its identity
+    /// with the pid; see [`crate::procfs::start_time`]).
+    #[serde(default)]
+    pub start_time: Option<u64>,
 }
 
 impl Generation {

@@ -54,6 +54,20 @@ pub struct Settings {
     pub stop: Stop,
 }
 
+/// A generation of the baton before this one, still running (see
+/// [`Core::adopt`]).
+#[derive(Debug, Clone)]
+pub struct Survivor {
+    pub release: Release,
+    pub pid: i32,
+    /// Its process start time (clock ticks since boot).
+    pub start_time: Option<u64>,
+    /// It was the live generation.
+    pub was_live: bool,
+    pub trigger: Trigger,
+    pub started_wall: std::time::SystemTime,
+}
+
 /// What baton has told systemd about itself, so each message goes once.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Told {
@@ -156,6 +170,11 @@ impl Core {
     }
     pub fn is_empty(&self) -> bool {
         self.gens.is_empty()
+    }
+    /// A generation of the baton before this one that serves while this
+    /// one has nothing live yet.
+    pub fn adopted_serving(&self) -> Option<&Generation> {
+        self.gens.values().find(|g| g.phase == Phase::Adopted)
     }
     /// The generation whose leader has this pid.
     pub fn by_pid(&self, pid: i32) -> Option<GenId> {
@@ -333,6 +352,41 @@ impl Core {
                 g.release.cfg.display()
             );
         }
+    }
+
+    /// Generation `id`'s process started at `start_time` (clock ticks
+    /// since boot): with its pid, what identifies it to a later baton.
+    pub fn started_at_tick(&mut self, id: GenId, start_time: Option<u64>) {
+        if let Some(g) = self.gens.get_mut(&id) {
+            g.start_time = start_time;
+        }
+    }
+
+    /// A generation of the baton before this one is still running. If it
+    /// was live it serves on (Adopted) until a generation of this baton is
+    /// live; anything else (starting, draining) is retired at once. Before
+    /// the first read of current.conf; returns its id in this baton.
+    pub fn adopt(&mut self, s: Survivor, now: Now) -> GenId {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.gens.insert(
+            id,
+            Generation {
+                id,
+                release: s.release,
+                trigger: s.trigger,
+                pid: Some(s.pid),
+                started: now.mono,
+                started_wall: s.started_wall,
+                phase: Phase::Adopted,
+                app_status: None,
+                start_time: s.start_time,
+            },
+        );
+        if !s.was_live {
+            self.stop(id, now.mono);
+        }
+        id
     }
 
     /// The Spawn action for `id` failed: no process exists.
@@ -695,6 +749,7 @@ impl Core {
                     progress,
                 },
                 app_status: None,
+                start_time: None,
             },
         );
         self.candidate = Some(id);
@@ -761,6 +816,20 @@ impl Core {
             self.stop(old, now.mono);
         } else {
             info!("{} is live", self.gens[&id].describe());
+        }
+        let adopted: Vec<GenId> = self
+            .gens
+            .values()
+            .filter(|g| g.phase == Phase::Adopted)
+            .map(|g| g.id)
+            .collect();
+        for a in adopted {
+            info!(
+                "{} is live; retiring {}, which served for the baton before this one",
+                self.gens[&id].describe(),
+                self.gens[&a].describe()
+            );
+            self.stop(a, now.mono);
         }
         self.recovery.fall_back_to(release, Trigger::Restart);
         self.recovery.cancel_restart();

@@ -80,6 +80,8 @@ impl Supervisor {
                     );
                 }
                 self.core.spawned(id, child.pid.as_raw());
+                self.core
+                    .started_at_tick(id, crate::procfs::start_time(child.pid.as_raw()));
                 self.children.insert(id, Running { child, change_seen });
             }
             Err(e) => {
@@ -228,7 +230,12 @@ impl Supervisor {
     /// Signals generation `id`: its stop signal to its group or its leader,
     /// SIGKILL always to the whole group.
     pub(super) fn signal(&mut self, id: GenId, sig: Sig) {
-        let Some(child) = self.children.get(&id).map(|r| &r.child) else {
+        let Some(child) = self
+            .children
+            .get(&id)
+            .map(|r| &r.child)
+            .or_else(|| self.survivors.get(&id))
+        else {
             return;
         };
         let (signal, target) = match sig {

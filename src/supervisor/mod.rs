@@ -11,6 +11,8 @@
 //! - `conf`: current.conf changes, debounced, read into the core;
 //! - `intake`: notifications from generations, checked and rate-limited;
 //! - `links`: `app.bin`/`app.cfg`, pointing at what serves;
+//! - `survivors`: generations of a baton killed before this one that are
+//!   still running: adopted, then retired once this baton serves;
 //! - `upgrade`: `baton upgrade` (SIGUSR2): checking a new binary, handing
 //!   everything over to it in place, and adopting it as the new image.
 
@@ -19,11 +21,12 @@ mod children;
 mod conf;
 mod intake;
 mod links;
+mod survivors;
 mod upgrade;
 
 use std::collections::HashMap;
 use std::ffi::OsString;
-use std::os::fd::{AsFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -126,6 +129,11 @@ struct Supervisor {
     tell: Vec<Tell>,
     /// Every generation leader not yet reaped, with its pidfd.
     children: HashMap<GenId, children::Running>,
+    /// Generations of the baton before this one, still running (not this
+    /// baton's children; see `survivors`).
+    survivors: survivors::Survivors,
+    /// This boot's id: a survivor must be from this boot.
+    boot_id: Option<String>,
     listeners: Listeners,
     /// Running readiness check attempts, by generation.
     checks: HashMap<GenId, children::CheckRun>,
@@ -233,6 +241,8 @@ impl Supervisor {
             tell: Vec::new(),
             children: HashMap::new(),
             checks: HashMap::new(),
+            survivors: HashMap::new(),
+            boot_id: crate::procfs::boot_id(),
             listen_fds: listeners.raw_fds(),
             listeners,
             lock,
@@ -262,6 +272,7 @@ impl Supervisor {
             sup.core.remember_last_live(last);
         }
         sup.carry_over();
+        sup.adopt_survivors(Now::read());
         sup.read_conf(Trigger::Startup, Now::read());
         sup.core.serve_fallback(Now::read());
         Ok(sup)
@@ -310,6 +321,20 @@ impl Supervisor {
             for (_, pipe) in execs.iter().chain(&outputs) {
                 fds.push(PollFd::new(*pipe, PollFlags::POLLIN));
             }
+            // Then the pidfd of each survivor: readable once it exits.
+            let survivors: Vec<(GenId, RawFd)> = self
+                .survivors
+                .iter()
+                .filter_map(|(id, c)| c.pidfd.as_ref().map(|fd| (*id, fd.as_raw_fd())))
+                .collect();
+            for (_, fd) in &survivors {
+                // SAFETY: the pidfd is owned by `self.survivors`, which is
+                // not touched until `fds` is dropped below.
+                fds.push(PollFd::new(
+                    unsafe { std::os::fd::BorrowedFd::borrow_raw(*fd) },
+                    PollFlags::POLLIN,
+                ));
+            }
             match poll(&mut fds, timeout) {
                 Ok(_) | Err(nix::errno::Errno::EINTR) => {}
                 Err(e) => return Err(e).context("poll"),
@@ -330,6 +355,11 @@ impl Supervisor {
             for (i, id) in outputs.iter().enumerate() {
                 if ready[3 + execs.len() + i] {
                     self.on_check_output(*id);
+                }
+            }
+            for (i, (id, _)) in survivors.iter().enumerate() {
+                if ready[3 + execs.len() + outputs.len() + i] {
+                    self.on_survivor_exit(*id, now);
                 }
             }
             if ready[0] {
@@ -369,6 +399,7 @@ impl Supervisor {
                 image_started: self.image.started,
                 stopping: self.exit,
                 last_upgrade: self.upgrades.last(),
+                boot_id: self.boot_id.as_deref(),
             },
         );
         self.state.write(&state);

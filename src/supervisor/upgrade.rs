@@ -104,6 +104,15 @@ impl Supervisor {
         if self.core.is_shutting_down() {
             return self.fail_upgrade("baton is stopping".into(), now);
         }
+        if !self.survivors.is_empty() {
+            return self.fail_upgrade(
+                format!(
+                    "{} generation(s) of the baton before this one are still running (they are not this baton's children and cannot be handed over); try again once they have been retired",
+                    self.survivors.len()
+                ),
+                now,
+            );
+        }
         let exe = self.image.exe.clone();
         info!(
             "received SIGUSR2: checking that {} can take over from baton {VERSION}",
@@ -398,6 +407,8 @@ impl Supervisor {
         let mut sup = Supervisor {
             core: h.core.with_settings(settings(args)),
             tell: Vec::new(),
+            survivors: std::collections::HashMap::new(),
+            boot_id: crate::procfs::boot_id(),
             children,
             checks: std::collections::HashMap::new(),
             listen_fds: listeners.raw_fds(),

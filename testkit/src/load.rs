@@ -32,6 +32,11 @@ pub struct Tally {
     pub by_release: BTreeMap<String, u64>,
     /// The pids that answered.
     pub pids: BTreeSet<i32>,
+    /// When each pid first answered (since the load began).
+    pub first_reply: BTreeMap<i32, Duration>,
+    /// The longest a request took, and when it began (a connection that
+    /// waited in the socket's queue while nothing accepted shows here).
+    pub slowest: Option<(Duration, Duration)>,
 }
 
 impl Tally {
@@ -48,6 +53,7 @@ impl Tally {
                 if let Some((release, pid)) = reply.release_pid() {
                     *self.by_release.entry(release).or_default() += 1;
                     self.pids.insert(pid);
+                    self.first_reply.entry(pid).or_insert(at);
                 }
             }
             Ok(reply) => {
@@ -63,6 +69,15 @@ impl Tally {
                 self.errors.push(format!("{at:?}: {e}"));
             }
         }
+    }
+
+    /// [`Tally::record`] for a request that began `began` into the load
+    /// and took `took`.
+    pub fn record_timed(&mut self, began: Duration, took: Duration, r: Result<Reply, HttpError>) {
+        if self.slowest.is_none_or(|(t, _)| took > t) {
+            self.slowest = Some((took, began));
+        }
+        self.record(began + took, r);
     }
 }
 
@@ -123,8 +138,10 @@ impl Clients {
                         setup();
                     }
                     while !stop.load(Ordering::SeqCst) && c.limit.is_none_or(|l| t0.elapsed() < l) {
+                        let began = t0.elapsed();
                         let r = http::get(c.addr, &c.path, c.timeouts);
-                        tally.lock().unwrap().record(t0.elapsed(), r);
+                        let took = t0.elapsed() - began;
+                        tally.lock().unwrap().record_timed(began, took, r);
                     }
                 })
             })
@@ -133,6 +150,7 @@ impl Clients {
             stop,
             tally,
             threads,
+            t0,
         }
     }
 }
@@ -142,6 +160,8 @@ pub struct Load {
     stop: Arc<AtomicBool>,
     tally: Arc<Mutex<Tally>>,
     threads: Vec<JoinHandle<()>>,
+    /// When the clients began: the origin of every time in the tally.
+    t0: Instant,
 }
 
 impl Load {
@@ -158,6 +178,11 @@ impl Load {
         Clients::new(addr, threads, http::LOCAL)
             .limit(limit)
             .start()
+    }
+
+    /// Now, on the tally's clock (since the clients began).
+    pub fn elapsed(&self) -> Duration {
+        self.t0.elapsed()
     }
 
     /// The tally so far.

@@ -590,3 +590,92 @@ fn a_last_known_good_carried_across_a_restart_is_rolled_back_to_the_way_it_ran()
         "(after:300ms)",
     ]);
 }
+
+/// Kills `pid` on drop (a process that is no descendant of the rig's baton).
+struct KillOnDrop(i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = kill(Pid::from_raw(self.0), Signal::SIGKILL);
+    }
+}
+
+#[test]
+fn a_baton_killed_with_sigkill_leaves_its_generations_to_the_next_one() {
+    // baton dies (kill -9; under systemd with KillMode=process nothing
+    // else is killed) while its live generation has requests in flight.
+    // The next baton on the app dir adopts that generation: it answers
+    // everything meanwhile, then is retired once the new one serves.
+    let (mut rig, old) = serving("survivors", "", "", &[]);
+    let _guard = KillOnDrop(old);
+    let idle = fd_count(old);
+    let slow = std::thread::spawn({
+        let port = rig.port;
+        move || http_get(port, "/slow?ms=1500")
+    });
+    // In flight: the generation holds the connection.
+    rig.wait("the slow request to be accepted", || fd_count(old) > idle);
+    let load = Load::start(rig.port, 2);
+    let killed = rig.baton_pid();
+    rig.signal(Signal::SIGKILL);
+    rig.wait_exit();
+    assert!(alive(old), "the generation outlives its baton");
+    rig.start(&[]);
+    let line = rig.wait_line(&[&format!(
+        "generation 1 of baton pid {killed} (app.1.0, pid {old}, live) is still running: adopted as generation 1"
+    )]);
+    assert!(line.contains("INFO"), "{line}");
+    let new = rig.wait_live_anew("1.0", old);
+    assert_ne!(new, old);
+    rig.wait_line(&[&format!(
+        "retiring generation 1 (app.1.0, pid {old}), which served for the baton before this one"
+    )]);
+    let reply = slow.join().unwrap().expect("the in-flight request");
+    assert_eq!(
+        reply,
+        (200, format!("release 1.0 pid {old} slept 1500 ms\n")),
+        "answered by the adopted generation"
+    );
+    rig.wait("the adopted generation to be gone", || !alive(old));
+    rig.wait_line(&[
+        "generation 1 (app.1.0, pid",
+        "exited; it was not this baton's child",
+    ]);
+    let report = load.stop();
+    assert_eq!(report.failed, 0, "{:?}", report.errors);
+    assert!(report.pids.contains(&old) && report.pids.contains(&new));
+    rig.assert_children(1);
+    let state = rig.state().unwrap();
+    assert_eq!(state["generations"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn an_upgrade_is_refused_while_generations_of_a_killed_baton_still_run() {
+    // They are not baton's children and cannot be handed over to a new
+    // image: `baton upgrade` says so and changes nothing.
+    let (mut rig, old) = serving("survivor-upgrade", r#""ignore_sigterm": true"#, "", &[]);
+    let _guard = KillOnDrop(old);
+    rig.signal(Signal::SIGKILL);
+    rig.wait_exit();
+    rig.start(&["--stop-timeout", "60s"]);
+    rig.wait_line(&["is still running: adopted as generation 1"]);
+    let new = rig.wait_live_anew("1.0", old);
+    rig.wait_line(&["retiring generation 1 (app.1.0, pid"]);
+    assert!(alive(old), "it ignores SIGTERM: still draining");
+    let baton = rig.baton_pid();
+    let (code, out, err) = baton_cmd(&["upgrade", "--config", path_str(&rig.conf), "--wait=20s"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("1 generation(s) of the baton before this one are still running"),
+        "{err}"
+    );
+    assert_eq!(rig.baton_pid(), baton);
+    // (The old one, ignoring SIGTERM, still accepts until its SIGKILL: ask
+    // the state file who serves.)
+    assert_eq!(rig.state().unwrap()["serving"]["pid"], new);
+    let line = rig.wait_line(&[
+        "ERROR",
+        "upgrade failed: 1 generation(s) of the baton before this one are still running",
+    ]);
+    assert!(line.contains("carries on"), "{line}");
+}
