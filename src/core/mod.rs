@@ -121,6 +121,10 @@ impl Core {
 
     // ---- read access (report, state file, notify routing) ----
 
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
     pub fn generations(&self) -> impl Iterator<Item = &Generation> {
         self.gens.values()
     }
@@ -575,8 +579,15 @@ impl Core {
                     self.finish(Outcome::Failed(reason), now);
                 }
                 _ => {
+                    // Exiting 0 before it is ready is what a program that
+                    // daemonizes does.
+                    let hint = if how == "exit status 0" {
+                        "; a release must run in the foreground (did it daemonize?)"
+                    } else {
+                        ""
+                    };
                     let awaited = self.mode_of(&g.release).awaited();
-                    self.fail_candidate(id, format!("exited before {awaited} ({how})"), now)
+                    self.fail_candidate(id, format!("exited before {awaited} ({how}){hint}"), now)
                 }
             }
         } else if self.live == Some(id) {

@@ -255,20 +255,29 @@ impl Supervisor {
         }
     }
 
+    /// The pids of the readiness check attempts running (baton's children,
+    /// each leading a process group of its own).
+    pub(super) fn check_pids(&self) -> Vec<i32> {
+        self.checks.values().map(|c| c.child.pid.as_raw()).collect()
+    }
+
     /// The one place that reaps. A generation's leader (or the upgrade
     /// check) is first seen with WNOWAIT, so that while its zombie still
     /// holds the pid (and so the process group id), whatever is left of its
     /// group is killed (as systemd's KillMode=mixed does); then it is
     /// reaped. Anything else (orphans re-parented to baton) is simply
-    /// reaped.
+    /// reaped. Then baton's children outside every generation's process
+    /// group are retired (`strays`).
     pub(super) fn reap(&mut self, now: Now) {
+        // The process groups of leaders reaped here, killed already.
+        let mut killed_groups = Vec::new();
         loop {
             let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
             let pid = match waitid(Id::All, flags) {
-                Ok(WaitStatus::StillAlive) | Err(_) => return,
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
                 Ok(ws) => match ws.pid() {
                     Some(pid) => pid,
-                    None => return,
+                    None => break,
                 },
             };
             let owner = self
@@ -287,11 +296,14 @@ impl Supervisor {
             {
                 debug!("killing the rest of process group {pid}: {e}");
             }
+            if owner.is_some() || check.is_some() {
+                killed_groups.push(pid.as_raw());
+            }
             let status = match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
                 Ok(s) => s,
                 Err(e) => {
                     warn!("reaping pid {pid}: {e}");
-                    return;
+                    break;
                 }
             };
             let how = describe_exit(&status);
@@ -334,9 +346,13 @@ impl Supervisor {
                     self.core.check_exited(id, passed, how, now);
                 }
                 (None, None) if self.upgrades.is_check(pid) => self.check_exited(&status, now),
-                (None, None) => debug!("reaped pid {pid} ({how})"),
+                (None, None) => {
+                    debug!("reaped pid {pid} ({how})");
+                    self.stray_reaped(pid.as_raw(), &how);
+                }
             }
         }
+        self.retire_strays(&killed_groups, now.mono);
     }
 }
 

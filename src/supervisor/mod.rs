@@ -11,6 +11,8 @@
 //! - `conf`: current.conf changes, debounced, read into the core;
 //! - `intake`: notifications from generations, checked and rate-limited;
 //! - `links`: `app.bin`/`app.cfg`, pointing at what serves;
+//! - `strays`: processes that left their generation's process group and
+//!   were orphaned to baton (a release that daemonized): retired;
 //! - `survivors`: generations of a baton killed before this one that are
 //!   still running: adopted, then retired once this baton serves;
 //! - `upgrade`: `baton upgrade` (SIGUSR2): checking a new binary, handing
@@ -21,6 +23,7 @@ mod children;
 mod conf;
 mod intake;
 mod links;
+mod strays;
 mod survivors;
 mod upgrade;
 
@@ -134,6 +137,8 @@ struct Supervisor {
     survivors: survivors::Survivors,
     /// This boot's id: a survivor must be from this boot.
     boot_id: Option<String>,
+    /// Orphans outside every generation's process group, being retired.
+    strays: strays::Strays,
     listeners: Listeners,
     /// Running readiness check attempts, by generation.
     checks: HashMap<GenId, children::CheckRun>,
@@ -243,6 +248,7 @@ impl Supervisor {
             checks: HashMap::new(),
             survivors: HashMap::new(),
             boot_id: crate::procfs::boot_id(),
+            strays: HashMap::new(),
             listen_fds: listeners.raw_fds(),
             listeners,
             lock,
@@ -284,7 +290,9 @@ impl Supervisor {
             // A change that started nothing must not time a later rollout.
             self.event_at = None;
             self.publish();
-            if self.exit {
+            // Every generation is gone; strays being retired go first too
+            // (nothing else would stop them once baton has exited).
+            if self.exit && self.strays.is_empty() {
                 self.abandon_upgrade();
                 return Ok(());
             }
@@ -293,6 +301,7 @@ impl Supervisor {
                 self.core.next_deadline(),
                 self.debounce.deadline(),
                 self.reloads.deadline(),
+                self.strays_deadline(),
                 self.upgrades.deadline(),
                 self.watchdog_at,
             ]
@@ -373,6 +382,7 @@ impl Supervisor {
             }
             self.on_settled(now);
             self.on_reload_due(now);
+            self.kill_strays(now.mono);
             self.on_upgrade_deadline(now);
             if let (Some(at), Some(every)) = (self.watchdog_at, self.systemd.watchdog_interval())
                 && at <= now.mono

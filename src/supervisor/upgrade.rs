@@ -409,6 +409,7 @@ impl Supervisor {
             tell: Vec::new(),
             survivors: std::collections::HashMap::new(),
             boot_id: crate::procfs::boot_id(),
+            strays: std::collections::HashMap::new(),
             children,
             checks: std::collections::HashMap::new(),
             listen_fds: listeners.raw_fds(),

@@ -191,3 +191,71 @@ fn a_sighup_storm_during_a_rollout_starts_two_generations_not_one_per_signal() {
     assert!(last_start > end, "{}", rig.log());
     rig.assert_children(1);
 }
+
+/// Writes release `v` as a shell script that daemonizes the example app:
+/// it starts it in a session (and process group) of its own, waits until
+/// it is there, and exits 0, as `daemon(3)` does. The daemon serves the
+/// inherited socket and sends READY=1 from outside the generation.
+fn daemonizing_release(rig: &Rig, v: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let pidfile = rig.tmp.join(format!("daemon.{v}.pid"));
+    let cfg = rig.release_dir.join(format!("cfg.{v}"));
+    std::fs::write(&cfg, format!("{{\"release\": \"{v}\"}}\n")).unwrap();
+    let script = format!(
+        "#!/bin/sh\n\
+         (setsid sh -c 'echo $$ > {pid}.tmp && mv {pid}.tmp {pid} && LISTEN_PID=$$ exec {app} -c {cfg}' &)\n\
+         until [ -s {pid} ]; do sleep 0.01; done\n\
+         exit 0\n",
+        pid = pidfile.display(),
+        app = APP,
+        cfg = cfg.display(),
+    );
+    let bin = rig.release_dir.join(format!("app.{v}"));
+    std::fs::write(&bin, script).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    pidfile
+}
+
+/// A release that daemonizes before READY=1 (double fork, the leader exits
+/// 0): its rollout fails with the reason and a hint, and the daemon, which
+/// left the generation's process group and would otherwise serve the
+/// failed release on the shared socket forever, is retired (SIGTERM, so
+/// what it holds is answered) and reaped. The old generation serves on.
+#[test]
+fn a_release_that_daemonizes_before_ready_fails_and_its_daemon_is_retired() {
+    let (mut rig, old) = serving("p-daemon", "", "", &[]);
+    let pidfile = daemonizing_release(&rig, "5.0");
+    let load = Load::start(rig.port, 2);
+    rig.point("5.0");
+    rig.wait_line(&[
+        "ERROR",
+        "rollout of app.5.0 failed: exited before READY=1 (exit status 0); a release must run in the foreground (did it daemonize?); still serving app.1.0",
+    ]);
+    let daemon: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // (Named `sh` or `example-app`: found when its leader exits, maybe
+    // before it has exec'd the app.)
+    let line = rig.wait_line(&[
+        &format!("pid {daemon} ("),
+        &format!(
+            "left its generation's process group (it leads group {daemon}) and was orphaned to baton"
+        ),
+    ]);
+    assert!(
+        line.contains("ERROR") && line.contains("retiring it and its group"),
+        "{line}"
+    );
+    rig.wait("the daemon to be gone", || !alive(daemon));
+    // (Drained and exited 0, or killed by the SIGTERM if it came before
+    // the app set up its handling: either way, reaped.)
+    rig.wait_line(&[&format!("stray pid {daemon} exited (")]);
+    let report = load.stop();
+    assert_eq!(report.failed, 0, "{:?}", report.errors);
+    assert_eq!(rig.serving(), Some(("1.0".into(), old)));
+    rig.assert_children(1);
+    rig.signal(Signal::SIGTERM);
+    assert_eq!(rig.wait_exit().code(), Some(0));
+}
