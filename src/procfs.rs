@@ -28,6 +28,12 @@ pub fn pgid(pid: i32) -> Option<i32> {
     after_comm(&stat)?.get(5 - 3)?.parse().ok()
 }
 
+/// The parent of `pid` (field 4 of `/proc/PID/stat`).
+pub fn ppid(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    after_comm(&stat)?.get(4 - 3)?.parse().ok()
+}
+
 /// The fields of a `/proc/PID/stat` line after `(comm)`, which may itself
 /// hold spaces and parentheses.
 fn after_comm(stat: &str) -> Option<Vec<&str>> {
@@ -97,6 +103,7 @@ mod tests {
         let pid = child.id() as i32;
         assert!(start_time(pid).is_some_and(|c| c >= t));
         assert!(scan_children(me).contains(&pid));
+        assert_eq!(ppid(pid), Some(me));
         assert_eq!(comm(pid), "sleep");
         child.kill().unwrap();
         child.wait().unwrap();

@@ -78,8 +78,14 @@ impl Supervisor {
                 Received::Message { pid, text } => match self.owner(pid) {
                     None => {
                         if let Some(n) = self.strangers.allow(now.mono) {
+                            let whose = match self.ancestor(pid) {
+                                Some(id) => format!(
+                                    "a descendant of generation {id} outside its process group: only a generation's process group may notify"
+                                ),
+                                None => "which is not part of any generation".into(),
+                            };
                             warn!(
-                                "{}: ignored {:?} from pid {pid} ({}), which is not part of any generation{}",
+                                "{}: ignored {:?} from pid {pid} ({}), {whose}{}",
                                 self.notify.path().display(),
                                 String::from_utf8_lossy(&text[..text.len().min(80)]),
                                 comm(pid),
@@ -127,6 +133,24 @@ impl Supervisor {
         }
         let pgid = nix::unistd::getpgid(Some(Pid::from_raw(pid))).ok()?;
         self.core.by_pid(pgid.as_raw())
+    }
+}
+
+impl Supervisor {
+    /// The generation whose leader `pid` descends from (parent by parent),
+    /// if any: a process that left the generation's process group.
+    fn ancestor(&self, pid: i32) -> Option<GenId> {
+        let mut p = pid;
+        for _ in 0..32 {
+            p = crate::procfs::ppid(p)?;
+            if p <= 1 || p == std::process::id() as i32 {
+                return None;
+            }
+            if let Some(id) = self.core.by_pid(p) {
+                return Some(id);
+            }
+        }
+        None
     }
 }
 

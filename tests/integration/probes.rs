@@ -259,3 +259,63 @@ fn a_release_that_daemonizes_before_ready_fails_and_its_daemon_is_retired() {
     rig.signal(Signal::SIGTERM);
     assert_eq!(rig.wait_exit().code(), Some(0));
 }
+/// Writes release `v` as a shell script that runs the example app as its
+/// grandchild: in the generation's process group, or (`leave`) in a
+/// session of its own. The script itself waits for it.
+fn grandchild_release(rig: &Rig, v: &str, leave: bool) {
+    use std::os::unix::fs::PermissionsExt;
+    let cfg = rig.release_dir.join(format!("cfg.{v}"));
+    std::fs::write(&cfg, format!("{{\"release\": \"{v}\"}}\n")).unwrap();
+    let inner = format!("LISTEN_PID=$$ exec {APP} -c {}", cfg.display());
+    let run = if leave {
+        format!("setsid sh -c '{inner}' &\nwait\n")
+    } else {
+        format!(
+            "sh -c 'sh -c \"{}\" & wait' &\nwait\n",
+            inner.replace('$', "\\$")
+        )
+    };
+    let bin = rig.release_dir.join(format!("app.{v}"));
+    std::fs::write(&bin, format!("#!/bin/sh\n{run}")).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// READY=1 from a grandchild in the generation's process group counts:
+/// the release goes live. From one that left the group it does not: it is
+/// ignored with a warning saying whose descendant sent it, the rollout
+/// fails at --ready-timeout, and the grandchild is retired with its
+/// generation. The old generation serves on throughout.
+#[test]
+fn ready_from_a_grandchild_counts_only_from_within_the_generations_group() {
+    let (rig, old) = serving("p-grandchild", "", "", &["--ready-timeout", "3s"]);
+    grandchild_release(&rig, "6.0", false);
+    grandchild_release(&rig, "7.0", true);
+    let load = Load::start(rig.port, 2);
+    rig.point("7.0");
+    let line = rig.wait_line(&[
+        "ignored \"READY=1",
+        "(example-app), a descendant of generation 2 outside its process group",
+    ]);
+    assert!(line.contains("WARN"), "{line}");
+    let stray: i32 = line
+        .split("from pid ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    rig.wait_line(&[
+        "ERROR",
+        "rollout of app.7.0 failed: not ready within --ready-timeout 3s; still serving app.1.0",
+    ]);
+    rig.wait_line(&[&format!(
+        "pid {stray} (example-app) left its generation's process group"
+    )]);
+    rig.wait("the grandchild that left to be gone", || !alive(stray));
+    assert_eq!(rig.serving(), Some(("1.0".into(), old)));
+    // Within the group, its READY=1 is the generation's.
+    rig.point("6.0");
+    rig.wait_live("6.0");
+    let report = load.stop();
+    assert_eq!(report.failed, 0, "{:?}", report.errors);
+    rig.assert_children(1);
+}
