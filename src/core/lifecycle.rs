@@ -119,6 +119,9 @@ pub struct Generation {
     /// with the pid; see [`crate::procfs::start_time`]).
     #[serde(default)]
     pub start_time: Option<u64>,
+    /// It sent READY=1, but baton read it only after it had exited.
+    #[serde(default)]
+    pub ready_after_exit: bool,
 }
 
 impl Generation {

@@ -385,6 +385,7 @@ impl Core {
                 phase: Phase::Adopted,
                 app_status: None,
                 start_time: s.start_time,
+                ready_after_exit: false,
             },
         );
         if !s.was_live {
@@ -544,6 +545,20 @@ impl Core {
         }
     }
 
+    /// Generation `id` sent READY=1, read only after its leader had
+    /// exited: it is not promoted (it is gone); its exit fails it.
+    pub fn ready_after_exit(&mut self, id: GenId) {
+        if let Some(g) = self.gens.get_mut(&id)
+            && matches!(g.phase, Phase::Starting { .. })
+        {
+            debug!(
+                "{} sent READY=1 and exited before baton read it",
+                g.describe()
+            );
+            g.ready_after_exit = true;
+        }
+    }
+
     /// STATUS= from generation `id`.
     pub fn app_status(&mut self, id: GenId, text: String) {
         if let Some(g) = self.gens.get_mut(&id) {
@@ -587,7 +602,12 @@ impl Core {
                         ""
                     };
                     let awaited = self.mode_of(&g.release).awaited();
-                    self.fail_candidate(id, format!("exited before {awaited} ({how}){hint}"), now)
+                    let when = if g.ready_after_exit {
+                        format!("right after {awaited}, before baton could act on it")
+                    } else {
+                        format!("before {awaited}")
+                    };
+                    self.fail_candidate(id, format!("exited {when} ({how}){hint}"), now)
                 }
             }
         } else if self.live == Some(id) {
@@ -761,6 +781,7 @@ impl Core {
                 },
                 app_status: None,
                 start_time: None,
+                ready_after_exit: false,
             },
         );
         self.candidate = Some(id);

@@ -4,6 +4,7 @@
 //! parsed, and handed to the core. Anything else is dropped with a warning,
 //! and the warnings are rate-limited so that a flood cannot fill the log.
 
+use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use log::{debug, warn};
@@ -119,10 +120,30 @@ impl Supervisor {
                 }
                 if m.ready {
                     debug!("READY=1 from generation {id} (pid {pid})");
-                    self.core.ready(id, Evidence::Notified, now);
+                    if self.leader_exited(id) {
+                        // Read after the leader exited (both arrived
+                        // together): never promote a generation that is
+                        // gone. Reaping it fails the rollout.
+                        self.core.ready_after_exit(id);
+                    } else {
+                        self.core.ready(id, Evidence::Notified, now);
+                    }
                 }
             }
         }
+    }
+
+    /// Whether generation `id`'s leader has exited (not reaped yet): its
+    /// pidfd is readable.
+    fn leader_exited(&self, id: GenId) -> bool {
+        let Some(fd) = self.children.get(&id).and_then(|r| r.child.pidfd.as_ref()) else {
+            return false;
+        };
+        let mut fds = [nix::poll::PollFd::new(
+            fd.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        matches!(nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO), Ok(n) if n > 0)
     }
 
     /// The generation a sender belongs to: its leader, or a process in the

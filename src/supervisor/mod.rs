@@ -371,14 +371,17 @@ impl Supervisor {
                     self.on_survivor_exit(*id, now);
                 }
             }
+            // Notifications before SIGCHLD (as systemd does): a READY=1
+            // sent just before its sender exited must be read while the
+            // sender is still known as its generation's.
+            if ready[2] {
+                self.on_notify(now);
+            }
             if ready[0] {
                 self.on_signals(sigfd, now);
             }
             if ready[1] {
                 self.on_watch(now);
-            }
-            if ready[2] {
-                self.on_notify(now);
             }
             self.on_settled(now);
             self.on_reload_due(now);

@@ -319,3 +319,117 @@ fn ready_from_a_grandchild_counts_only_from_within_the_generations_group() {
     assert_eq!(report.failed, 0, "{:?}", report.errors);
     rig.assert_children(1);
 }
+
+/// Stops baton (SIGSTOP) until it is stopped, so that what happens next
+/// reaches it all at once, in one wake-up, when [`resume`] lets it go.
+fn freeze(rig: &Rig) {
+    kill(Pid::from_raw(rig.baton_pid()), Signal::SIGSTOP).unwrap();
+    rig.wait("baton to be stopped", || {
+        procs()
+            .iter()
+            .any(|p| p.pid == rig.baton_pid() && p.state == 'T')
+    });
+}
+
+fn resume(rig: &Rig) {
+    kill(Pid::from_raw(rig.baton_pid()), Signal::SIGCONT).unwrap();
+}
+
+/// A release that sends READY=1 and exits at once, both seen by baton in
+/// the same wake-up: the READY=1 is read first (it came first) and is not
+/// mistaken for a stranger's, the release is not promoted (it is gone),
+/// the rollout fails saying so, and the old generation serves on untouched.
+#[test]
+fn ready_and_exit_seen_together_fail_the_rollout_and_leave_the_old_generation_alone() {
+    let (rig, old) = serving(
+        "p-readyexit",
+        "",
+        r#""ready_delay_ms": 2000, "crash_after_ms": 0"#,
+        &[],
+    );
+    rig.point("2.0");
+    let cand = rig.wait_generation_pid(2);
+    freeze(&rig);
+    rig.wait("generation 2 to send READY=1 and exit", || {
+        procs().iter().any(|p| p.pid == cand && p.state == 'Z')
+    });
+    resume(&rig);
+    rig.wait_line(&[
+        "ERROR",
+        "rollout of app.2.0 failed: exited right after READY=1, before baton could act on it (exit status 3); still serving app.1.0 (generation 1)",
+    ]);
+    assert!(
+        rig.log_lines(&["not part of any generation"]).is_empty(),
+        "{}",
+        rig.log()
+    );
+    assert!(
+        rig.log_lines(&["retiring generation 1"]).is_empty(),
+        "{}",
+        rig.log()
+    );
+    assert_eq!(rig.serving(), Some(("1.0".into(), old)));
+    rig.assert_children(1);
+}
+
+/// READY=1 from the new generation and an edit naming a third release,
+/// seen in the same wake-up: the ready generation goes live (its READY=1
+/// is read first), then the edit rolls out; under load, nothing fails and
+/// the history says so.
+#[test]
+fn ready_and_an_edit_seen_together_are_taken_in_turn() {
+    let (rig, _) = serving("p-readyedit", "", r#""ready_delay_ms": 1500"#, &[]);
+    rig.release("3.0", "");
+    let load = Load::start(rig.port, 2);
+    rig.point("2.0");
+    let cand = rig.wait_generation_pid(2);
+    rig.wait_line(&[&format!("generation 2 (pid {cand}) exec'd")]);
+    freeze(&rig);
+    // 2.0 sends READY=1 1.5 s after it starts: wait for it to be in the
+    // notify socket's queue (the app logs nothing, so look at the socket).
+    rig.wait("2.0's READY=1 to be queued for baton", || {
+        notify_queue(&rig) > 0
+    });
+    rig.point("3.0");
+    resume(&rig);
+    let new = rig.wait_live("3.0");
+    let report = load.stop();
+    assert_eq!(report.failed, 0, "{:?}", report.errors);
+    let state = rig.state().unwrap();
+    let history: Vec<(String, String)> = state["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["release"]["name"].as_str().unwrap_or("").to_owned(),
+                r["result"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        history[history.len() - 2..],
+        [
+            ("app.2.0".to_owned(), "succeeded".to_owned()),
+            ("app.3.0".to_owned(), "succeeded".to_owned())
+        ],
+        "{history:?}"
+    );
+    assert_ne!(new, cand);
+    rig.assert_children(1);
+}
+
+/// Bytes waiting in baton's notify socket (its receive queue, as `ss`
+/// reports it).
+fn notify_queue(rig: &Rig) -> u64 {
+    let sock = rig.runtime_dir.join("notify.sock");
+    let out = std::process::Command::new("ss")
+        .args(["-Hxa", "src", path_str(&sock)])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .nth(2)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
