@@ -12,6 +12,7 @@
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use nix::fcntl::{Flock, FlockArg};
@@ -275,11 +276,36 @@ impl Carried {
 }
 
 /// Writes the state file when its content changed.
+///
+/// A write can fail: the app dir full, turned read-only, the file replaced
+/// by a directory. baton serves on regardless (nothing about serving
+/// needs the file), but a state file left as it was would tell `baton
+/// status` and `baton switch --wait` a state that is no longer true. So
+/// on a failure the partial temporary file and the stale state file are
+/// removed where that is possible, one error line says why (once per
+/// reason, not once per change), the reason is returned for STATUS=, and
+/// the write is retried on every change and on a backoff (see
+/// [`StateWriter::retry_at`]) until it works again, which is logged too.
 pub struct StateWriter {
     path: PathBuf,
     tmp: PathBuf,
+    /// What was last written, or last tried while writes fail.
     last: Vec<u8>,
+    /// While writes fail: why, and when to try again.
+    failing: Option<Failing>,
+    /// Said already that the file system is full (while it stays so).
+    full_warned: bool,
 }
+
+struct Failing {
+    reason: String,
+    retry_at: Instant,
+    backoff: Duration,
+}
+
+/// The first retry of a failed write, doubled up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(8);
 
 impl StateWriter {
     pub fn new(app_dir: &Path) -> StateWriter {
@@ -287,23 +313,104 @@ impl StateWriter {
             path: app_dir.join(STATE_FILE),
             tmp: app_dir.join(".baton.state.tmp"),
             last: Vec::new(),
+            failing: None,
+            full_warned: false,
         }
     }
 
-    pub fn write(&mut self, state: &State) {
+    /// Writes `state` if it changed since the last successful write (or
+    /// writes are failing). Returns why writing fails, while it does.
+    pub fn write(&mut self, state: &State, now: Instant) -> Option<&str> {
         let Ok(mut text) = serde_json::to_vec_pretty(state) else {
-            return;
+            return self.failing();
         };
         text.push(b'\n');
-        if text == self.last {
-            return;
+        // Unchanged: nothing to do, unless a failed write is due again.
+        if text == self.last && self.failing.as_ref().is_none_or(|f| now < f.retry_at) {
+            return self.failing();
         }
-        let r =
-            std::fs::write(&self.tmp, &text).and_then(|()| std::fs::rename(&self.tmp, &self.path));
+        let attempt = |w: &StateWriter| {
+            std::fs::write(&w.tmp, &text).and_then(|()| std::fs::rename(&w.tmp, &w.path))
+        };
+        let mut r = attempt(self);
+        let full = r.as_ref().err().and_then(|e| {
+            matches!(
+                e.raw_os_error(),
+                Some(nix::libc::ENOSPC | nix::libc::EDQUOT)
+            )
+            .then(|| e.to_string())
+        });
+        if let Some(e) = full
+            && self.path.is_file()
+        {
+            // A full file system has no room for the new state beside the
+            // old one; the old one's room may do. Readers find no state
+            // file for that moment, never a stale one.
+            let _ = std::fs::remove_file(&self.tmp);
+            let _ = std::fs::remove_file(&self.path);
+            r = attempt(self);
+            if r.is_ok() && !self.full_warned {
+                self.full_warned = true;
+                log::warn!(
+                    "{}: no room for the new state beside the old one ({e}); wrote it in the old one's place",
+                    self.path.display()
+                );
+            }
+        } else if r.is_ok() {
+            self.full_warned = false;
+        }
         match r {
-            Ok(()) => self.last = text,
-            Err(e) => log::warn!("writing {}: {e}", self.path.display()),
+            Ok(()) => {
+                self.last = text;
+                if let Some(f) = self.failing.take() {
+                    log::info!(
+                        "wrote {} again (it could not be written: {})",
+                        self.path.display(),
+                        f.reason
+                    );
+                }
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&self.tmp);
+                let reason = e.to_string();
+                let backoff = self
+                    .failing
+                    .as_ref()
+                    .map_or(RETRY_FIRST, |f| (f.backoff * 2).min(RETRY_MAX));
+                if self.failing.as_ref().is_none_or(|f| f.reason != reason) {
+                    // What a reader finds instead of the new state: nothing,
+                    // or (if even that cannot be done) the old state.
+                    let stale = match std::fs::remove_file(&self.path) {
+                        Ok(()) => "removed the old one, so that `baton status` reports no state rather than a stale one".to_owned(),
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "there is none".to_owned(),
+                        Err(e) => format!(
+                            "the old one cannot be removed either ({e}): `baton status` and `baton switch --wait` read a stale state until this is fixed"
+                        ),
+                    };
+                    log::error!(
+                        "cannot write {}: {reason}; {stale}; serving on, retrying",
+                        self.path.display()
+                    );
+                }
+                self.last = text;
+                self.failing = Some(Failing {
+                    reason,
+                    retry_at: now + backoff,
+                    backoff,
+                });
+            }
         }
+        self.failing()
+    }
+
+    /// Why writing the state file fails, while it does.
+    pub fn failing(&self) -> Option<&str> {
+        self.failing.as_ref().map(|f| f.reason.as_str())
+    }
+
+    /// When to try a failed write again, even if nothing changed.
+    pub fn retry_at(&self) -> Option<Instant> {
+        self.failing.as_ref().map(|f| f.retry_at)
     }
 }
 
@@ -315,12 +422,26 @@ pub struct InstanceLock {
 impl InstanceLock {
     pub fn acquire(app_dir: &Path) -> Result<InstanceLock> {
         let path = app_dir.join(LOCK_FILE);
-        let file = File::options()
+        // Open for writing (a baton that dies then closes a file open for
+        // writing, which `baton switch --wait` notices), or only for
+        // reading on a read-only app dir: the flock works either way, and
+        // baton serves rather than refusing to start.
+        let file = match File::options()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
+        {
+            Err(e) if e.raw_os_error() == Some(nix::libc::EROFS) && path.is_file() => {
+                log::error!(
+                    "{}: {e}; taking the lock read-only: serving, but the state file cannot be written and waiting commands notice baton's death only at their deadline",
+                    path.display()
+                );
+                File::open(&path)
+            }
+            other => other,
+        }
+        .with_context(|| format!("opening {}", path.display()))?;
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(lock) => Ok(InstanceLock { _lock: lock }),
             Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
@@ -367,6 +488,69 @@ pub fn is_running(app_dir: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn tiny_state() -> State {
+        serde_json::from_value(serde_json::json!({
+            "pid": 1, "config": "/c", "app_dir": "/a", "started_at": 0.0,
+            "status": "serving", "serving": null, "generations": [],
+            "last_known_good": null, "last_rollout": null,
+            "last_rollback": null, "restarts": 0, "stopping": false
+        }))
+        .unwrap()
+    }
+
+    /// A state file that cannot be written is an error once, not once per
+    /// change; it is retried on a backoff, and when it works again the
+    /// file is current.
+    #[test]
+    fn a_failing_state_file_is_reported_once_and_retried_until_written() {
+        let dir = std::env::temp_dir().join(format!("baton-state-w-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join(STATE_FILE)).unwrap();
+        let mut w = StateWriter::new(&dir);
+        let t0 = Instant::now();
+        let mut st = tiny_state();
+        let why = w.write(&st, t0).map(str::to_owned);
+        assert!(
+            why.as_deref().is_some_and(|w| w.contains("directory")),
+            "{why:?}"
+        );
+        assert_eq!(w.retry_at(), Some(t0 + RETRY_FIRST));
+        assert!(
+            !dir.join(".baton.state.tmp").exists(),
+            "no partial file left"
+        );
+        // Unchanged and not due: not tried again.
+        assert_eq!(w.write(&st, t0).map(str::to_owned), why);
+        assert_eq!(w.retry_at(), Some(t0 + RETRY_FIRST));
+        // Changed: tried at once; the backoff grows.
+        st.status = "changed".into();
+        w.write(&st, t0);
+        assert_eq!(w.retry_at(), Some(t0 + RETRY_FIRST * 2));
+        std::fs::remove_dir(dir.join(STATE_FILE)).unwrap();
+        assert_eq!(w.write(&st, t0 + RETRY_FIRST * 2), None, "due: written");
+        assert_eq!(State::read(&dir).unwrap().status, "changed");
+        assert_eq!(w.retry_at(), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// No room on the file system (ENOSPC, here from /dev/full) for the
+    /// new state beside the old: written in the old one's place.
+    #[test]
+    fn a_full_file_system_gets_the_new_state_in_the_old_ones_place() {
+        let dir = std::env::temp_dir().join(format!("baton-state-full-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut w = StateWriter::new(&dir);
+        let mut st = tiny_state();
+        assert_eq!(w.write(&st, Instant::now()), None);
+        std::os::unix::fs::symlink("/dev/full", dir.join(".baton.state.tmp")).unwrap();
+        st.status = "new".into();
+        assert_eq!(w.write(&st, Instant::now()), None);
+        assert_eq!(State::read(&dir).unwrap().status, "new");
+        assert!(w.full_warned);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     /// The words the state file uses are the words `baton status` prints.
     #[test]

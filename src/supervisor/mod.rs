@@ -302,6 +302,7 @@ impl Supervisor {
                 self.debounce.deadline(),
                 self.reloads.deadline(),
                 self.strays_deadline(),
+                self.state.retry_at(),
                 self.upgrades.deadline(),
                 self.watchdog_at,
             ]
@@ -415,15 +416,22 @@ impl Supervisor {
                 boot_id: self.boot_id.as_deref(),
             },
         );
-        self.state.write(&state);
+        let status = match self.state.write(&state, Instant::now()) {
+            None => state.status,
+            Some(why) => format!(
+                "{}; {} not written: {why}",
+                state.status,
+                self.paths.state_file().display()
+            ),
+        };
         for tell in std::mem::take(&mut self.tell) {
             match tell {
-                Tell::Ready => self.systemd.ready(&state.status),
+                Tell::Ready => self.systemd.ready(&status),
                 Tell::Reloading => self.systemd.reloading(),
                 Tell::Stopping => self.systemd.stopping(),
             }
         }
-        self.systemd.status(&state.status);
+        self.systemd.status(&status);
     }
 
     fn carry_out(&mut self) {

@@ -6,6 +6,7 @@
 //! naming the file or the reason; the serving generation serves on;
 //! nothing leaks.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -432,4 +433,243 @@ fn notify_queue(rig: &Rig) -> u64 {
         .nth(2)
         .and_then(|n| n.parse().ok())
         .unwrap_or(0)
+}
+
+/// A rig whose app dir (state, links) is a 256 KiB tmpfs in baton's own
+/// mount namespace (so nothing is mounted on the host), serving 1.0 with
+/// 2.0 on disk; the rig reads the state file through /proc/PID/root. The
+/// second value is the app dir as baton sees it.
+fn state_on_a_tmpfs(tag: &str) -> (Rig, PathBuf, i32) {
+    let mut rig = Rig::new(tag);
+    rig.release("1.0", "");
+    rig.release("2.0", "");
+    rig.point("1.0");
+    let state = rig.tmp.join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    rig.wrap = ["unshare", "--mount", "--propagation", "private"]
+        .map(String::from)
+        .to_vec();
+    rig.sh_prefix = format!(
+        "mount -t tmpfs -o size=256k,mode=0755 baton-test {} && ",
+        state.display()
+    );
+    rig.start(&["--app-dir", path_str(&state)]);
+    rig.state_dir = Some(PathBuf::from(format!(
+        "/proc/{}/root{}",
+        rig.baton_pid(),
+        state.display()
+    )));
+    let pid = rig.wait_live("1.0");
+    (rig, state, pid)
+}
+
+/// Runs a shell command in baton's mount namespace.
+fn in_batons_mounts(rig: &Rig, script: &str) {
+    let out = std::process::Command::new("nsenter")
+        .args(["-t", &rig.baton_pid().to_string(), "-m", "sh", "-c", script])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{script}: {out:?}");
+}
+
+/// The state file says what serves, or there is none: never a stale one.
+fn state_is_current_or_absent(rig: &Rig, v: &str) {
+    if let Some(s) = rig.state() {
+        assert_eq!(
+            s["serving"]["release"]["name"],
+            format!("app.{v}").as_str(),
+            "a stale state file\n{}",
+            rig.log()
+        );
+    }
+}
+
+/// The app dir fills up: rollouts go on, one error line names the state
+/// file and the reason (not one per change), STATUS says it is not
+/// written, the file is never left stale, and once there is room again it
+/// is written again by itself.
+#[test]
+fn a_full_state_directory_is_one_error_and_the_serving_goes_on() {
+    let (rig, state, _) = state_on_a_tmpfs("p-full");
+    let file = state.join("baton.state");
+    // Full to the last byte, the state file included.
+    in_batons_mounts(
+        &rig,
+        &format!(
+            "rm {f} && (cat /dev/zero > {d}/fill 2>/dev/null; true)",
+            f = file.display(),
+            d = state.display()
+        ),
+    );
+    let load = Load::start(rig.port, 2);
+    rig.point("2.0");
+    let pid2 = rig.wait_serving("2.0");
+    let line = rig.wait_line(&[
+        "ERROR",
+        &format!("cannot write {}: No space left on device", file.display()),
+    ]);
+    assert!(line.contains("serving on, retrying"), "{line}");
+    rig.wait_status(&format!(
+        "serving app.2.0 (pid {pid2}, generation 2): release 2.0 accepting; {} not written: No space left on device",
+        file.display()
+    ));
+    rig.point("1.0");
+    let pid1 = rig.wait_serving("1.0");
+    rig.wait_status(&format!("serving app.1.0 (pid {pid1}, generation 3)"));
+    state_is_current_or_absent(&rig, "1.0");
+    assert_eq!(
+        rig.log_lines(&["ERROR", "cannot write"]).len(),
+        1,
+        "one error, not one per change\n{}",
+        rig.log()
+    );
+    // Room again: written by itself, without another change.
+    in_batons_mounts(&rig, &format!("rm {}/fill", state.display()));
+    rig.wait_line(&[&format!("wrote {} again", file.display())]);
+    assert_eq!(rig.wait_live("1.0"), pid1);
+    rig.wait_status(&format!(
+        "serving app.1.0 (pid {pid1}, generation 3): release 1.0 accepting"
+    ));
+    assert!(
+        !rig.state_dir
+            .as_ref()
+            .unwrap()
+            .join(".baton.state.tmp")
+            .exists()
+    );
+    let report = load.stop();
+    assert_eq!(report.failed, 0, "{:?}", report.errors);
+    rig.assert_children(1);
+}
+
+/// The app dir turns read-only (a read-only mount over it): rollouts go
+/// on, one error line for the state file (whose old content cannot be
+/// removed, and says so) and one per rollout for the links, STATUS says
+/// the state is not written; writable again, it is written again.
+#[test]
+fn a_state_directory_turned_read_only_is_one_error_and_the_serving_goes_on() {
+    let (rig, state, _) = state_on_a_tmpfs("p-ro");
+    let file = state.join("baton.state");
+    in_batons_mounts(
+        &rig,
+        &format!(
+            "mount --bind {d} {d} && mount -o remount,bind,ro {d}",
+            d = state.display()
+        ),
+    );
+    let load = Load::start(rig.port, 2);
+    rig.point("2.0");
+    let pid2 = rig.wait_serving("2.0");
+    let line = rig.wait_line(&[
+        "ERROR",
+        &format!("cannot write {}: Read-only file system", file.display()),
+    ]);
+    assert!(
+        line.contains("the old one cannot be removed either (Read-only file system"),
+        "{line}"
+    );
+    let links = rig.wait_line(&["ERROR", "cannot point", "at app.2.0"]);
+    assert!(
+        links.contains("Read-only file system")
+            && links.contains("a restarted baton will not know that app.2.0 served last"),
+        "{links}"
+    );
+    rig.wait_status(&format!(
+        "serving app.2.0 (pid {pid2}, generation 2): release 2.0 accepting; {} not written: Read-only file system",
+        file.display()
+    ));
+    assert_eq!(rig.log_lines(&["ERROR", "cannot write"]).len(), 1);
+    // (Lazily: 2.0's working directory is on it.)
+    in_batons_mounts(&rig, &format!("umount -l {}", state.display()));
+    rig.wait_line(&[&format!("wrote {} again", file.display())]);
+    assert_eq!(rig.wait_live("2.0"), pid2);
+    let report = load.stop();
+    assert_eq!(report.failed, 0, "{:?}", report.errors);
+    rig.assert_children(1);
+}
+
+/// `app.bin` and `app.cfg` replaced by directories: each rollout is one
+/// error line naming them and saying what it costs; serving goes on; a
+/// restarted baton says they are no links rather than failing.
+#[test]
+fn app_dir_links_replaced_by_directories_are_one_error_per_rollout() {
+    let (mut rig, _) = crate::util::serving("p-linkdirs", "", "", &[]);
+    for l in ["app.bin", "app.cfg"] {
+        let p = rig.app_dir.join(l);
+        std::fs::remove_file(&p).unwrap();
+        std::fs::create_dir(&p).unwrap();
+        std::fs::write(p.join("keep"), "an operator's file").unwrap();
+    }
+    rig.point("2.0");
+    let pid = rig.wait_live("2.0");
+    let line = rig.wait_line(&["ERROR", "cannot point", "at app.2.0"]);
+    assert!(
+        line.contains(&format!(
+            "{} is a directory, not a link (remove it)",
+            rig.app_dir.join("app.bin").display()
+        )) && line.contains(&format!(
+            "{} is a directory, not a link (remove it)",
+            rig.app_dir.join("app.cfg").display()
+        )),
+        "{line}"
+    );
+    assert_eq!(rig.log_lines(&["cannot point"]).len(), 1);
+    assert_eq!(rig.serving(), Some(("2.0".into(), pid)));
+    assert!(rig.app_dir.join("app.bin/keep").exists(), "never deleted");
+    // A restarted baton: no fallback from them, and it says why.
+    rig.signal(Signal::SIGTERM);
+    assert_eq!(rig.wait_exit().code(), Some(0));
+    rig.start(&[]);
+    rig.wait_line(&[
+        "WARN",
+        &format!(
+            "{} is not a link baton made",
+            rig.app_dir.join("app.bin").display()
+        ),
+    ]);
+    rig.wait_live("2.0");
+    rig.assert_children(1);
+}
+
+/// baton started on an app dir that is read-only already (its lock file
+/// there from an earlier run): it takes the lock read-only and serves,
+/// with one error line for the lock and one for the state file.
+#[test]
+fn a_read_only_state_directory_at_start_still_serves() {
+    let mut rig = Rig::new("p-rostart");
+    rig.release("1.0", "");
+    rig.point("1.0");
+    let state = rig.tmp.join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    rig.wrap = ["unshare", "--mount", "--propagation", "private"]
+        .map(String::from)
+        .to_vec();
+    rig.sh_prefix = format!(
+        "mount -t tmpfs -o size=256k,mode=0755 baton-test {d} && touch {d}/baton.lock && mount -o remount,ro {d} && ",
+        d = state.display()
+    );
+    rig.start(&["--app-dir", path_str(&state)]);
+    let pid = rig.wait_serving("1.0");
+    let lock = rig.wait_line(&[
+        "ERROR",
+        &format!("{}/baton.lock: Read-only file system", state.display()),
+    ]);
+    assert!(
+        lock.contains("taking the lock read-only: serving"),
+        "{lock}"
+    );
+    rig.wait_line(&[
+        "ERROR",
+        &format!(
+            "cannot write {}/baton.state: Read-only file system",
+            state.display()
+        ),
+    ]);
+    rig.wait_status(&format!(
+        "serving app.1.0 (pid {pid}, generation 1): release 1.0 accepting; {}/baton.state not written",
+        state.display()
+    ));
+    rig.assert_children(1);
+    rig.signal(Signal::SIGTERM);
+    assert_eq!(rig.wait_exit().code(), Some(0));
 }

@@ -67,6 +67,14 @@ pub struct Rig {
     pub run_as: Option<(u32, u32)>,
     /// The baton binary to start (a copy, for the upgrade tests).
     pub baton_bin: PathBuf,
+    /// A command that execs the rest (`unshare -m ...`), put before the
+    /// shell that starts baton; baton keeps the pid it gets.
+    pub wrap: Vec<String>,
+    /// Shell commands run before baton is exec'd (`mount ... &&`).
+    pub sh_prefix: String,
+    /// Where to read the state file, when not in `app_dir` (an app dir
+    /// of baton's own, seen through /proc/PID/root).
+    pub state_dir: Option<PathBuf>,
 }
 
 impl Rig {
@@ -101,6 +109,9 @@ impl Rig {
             env: Vec::new(),
             run_as: None,
             baton_bin: PathBuf::from(BATON),
+            wrap: Vec::new(),
+            sh_prefix: String::new(),
+            state_dir: None,
         }
     }
 
@@ -144,9 +155,19 @@ impl Rig {
             .unwrap();
         let mut fds = vec![self.listener.as_raw_fd()];
         fds.extend(&self.extra_fds);
-        let mut cmd = Command::new("/bin/sh");
+        let mut cmd = match self.wrap.split_first() {
+            Some((prog, args)) => {
+                let mut c = Command::new(prog);
+                c.args(args).arg("/bin/sh");
+                c
+            }
+            None => Command::new("/bin/sh"),
+        };
         cmd.arg("-c")
-            .arg("LISTEN_PID=$$ WATCHDOG_PID=$$ exec \"$0\" \"$@\"")
+            .arg(format!(
+                "{}LISTEN_PID=$$ WATCHDOG_PID=$$ exec \"$0\" \"$@\"",
+                self.sh_prefix
+            ))
             .arg(&self.baton_bin)
             .arg("run")
             .arg("--config")
@@ -344,7 +365,8 @@ impl Rig {
     }
 
     pub fn state(&self) -> Option<serde_json::Value> {
-        let text = std::fs::read(self.app_dir.join("baton.state")).ok()?;
+        let dir = self.state_dir.as_ref().unwrap_or(&self.app_dir);
+        let text = std::fs::read(dir.join("baton.state")).ok()?;
         serde_json::from_slice(&text).ok()
     }
 
