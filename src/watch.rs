@@ -35,16 +35,40 @@ pub enum Change {
     DirLost,
     /// The directory is back (re-created, renamed into place, link swapped).
     DirBack,
+    /// The directory is back but cannot be watched again (see
+    /// [`Watcher::broken`]).
+    Broken,
 }
 
 pub struct Watcher {
-    inotify: Inotify,
+    /// None while the kernel refuses an inotify instance.
+    inotify: Option<Inotify>,
     file_name: OsString,
     dir: PathBuf,
     dir_name: Option<OsString>,
     dir_wd: Option<WatchDescriptor>,
     parent_wd: Option<WatchDescriptor>,
+    /// Why the directory is not watched, while it is not (see
+    /// [`Watcher::broken`]).
+    broken: Option<String>,
+    /// Said once that the parent cannot be watched.
+    parent_warned: bool,
     buf: Vec<u8>,
+}
+
+/// An inotify failure, with the limit behind it named: the kernel's own
+/// words (`Too many open files`, `No space left on device`) point at the
+/// wrong thing.
+pub fn explain(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(nix::libc::EMFILE) => format!(
+            "{e}: too many inotify instances for this user (fs.inotify.max_user_instances), or too many open files"
+        ),
+        Some(nix::libc::ENOSPC) => {
+            format!("{e}: inotify watches exhausted for this user (fs.inotify.max_user_watches)")
+        }
+        _ => e.to_string(),
+    }
 }
 
 const DIR_MASK: WatchMask = WatchMask::CLOSE_WRITE
@@ -62,7 +86,10 @@ const PARENT_MASK: WatchMask = WatchMask::CREATE
 
 impl Watcher {
     /// Watches the directory holding `file` (which must be absolute) and
-    /// that directory's parent.
+    /// that directory's parent. If the kernel refuses (inotify instances
+    /// or watches exhausted), the watcher is [`broken`](Watcher::broken)
+    /// until a [`retry`](Watcher::retry) succeeds; only a path without a
+    /// directory or a file name is an error.
     pub fn new(file: &Path) -> Result<Watcher> {
         let dir = file
             .parent()
@@ -72,34 +99,63 @@ impl Watcher {
             .file_name()
             .context("current.conf has no file name")?
             .to_owned();
-        let inotify = Inotify::init().context("inotify_init")?;
         let mut w = Watcher {
-            inotify,
+            inotify: None,
             file_name,
             dir_name: dir.file_name().map(ToOwned::to_owned),
-            dir: dir.clone(),
+            dir,
             dir_wd: None,
             parent_wd: None,
+            broken: None,
+            parent_warned: false,
             buf: vec![0; 64 * 1024],
         };
-        if let (Some(parent), Some(_)) = (dir.parent(), &w.dir_name) {
-            // Not fatal: without it, only a re-created directory goes unseen.
-            match w.inotify.watches().add(parent, PARENT_MASK) {
-                Ok(wd) => w.parent_wd = Some(wd),
-                Err(e) => log::warn!(
-                    "cannot watch {}: {e}; a re-created {} will not be noticed",
-                    parent.display(),
-                    dir.display()
-                ),
+        w.retry();
+        Ok(w)
+    }
+
+    /// Why current.conf's directory is not watched (edits go unseen), if
+    /// it is not.
+    pub fn broken(&self) -> Option<&str> {
+        self.broken.as_deref()
+    }
+
+    /// Tries to watch again what is not watched; true when all is watched
+    /// now.
+    pub fn retry(&mut self) -> bool {
+        if self.inotify.is_none() {
+            match Inotify::init() {
+                Ok(i) => self.inotify = Some(i),
+                Err(e) => {
+                    self.broken = Some(format!("inotify_init: {}", explain(&e)));
+                    return false;
+                }
             }
         }
-        w.dir_wd = Some(
-            w.inotify
-                .watches()
-                .add(&dir, DIR_MASK)
-                .with_context(|| format!("watching {}", dir.display()))?,
-        );
-        Ok(w)
+        if self.dir_wd.is_none() && !self.rewatch_dir() {
+            return false;
+        }
+        if self.parent_wd.is_none()
+            && !self.parent_warned
+            && let (Some(parent), Some(_), Some(inotify)) =
+                (self.dir.parent(), &self.dir_name, &mut self.inotify)
+        {
+            // Not fatal: without it, only a re-created directory goes unseen.
+            match inotify.watches().add(parent, PARENT_MASK) {
+                Ok(wd) => self.parent_wd = Some(wd),
+                Err(e) => {
+                    self.parent_warned = true;
+                    log::warn!(
+                        "cannot watch {}: {}; a re-created {} will not be noticed",
+                        parent.display(),
+                        explain(&e),
+                        self.dir.display()
+                    )
+                }
+            }
+        }
+        self.broken = None;
+        true
     }
 
     pub fn dir(&self) -> &Path {
@@ -110,8 +166,11 @@ impl Watcher {
     /// events for other names are dropped here.
     pub fn read(&mut self) -> Vec<Change> {
         let mut out = Vec::new();
+        let Some(inotify) = self.inotify.as_mut() else {
+            return out;
+        };
         loop {
-            let events = match self.inotify.read_events(&mut self.buf) {
+            let events = match inotify.read_events(&mut self.buf) {
                 Ok(ev) => ev,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -163,13 +222,25 @@ impl Watcher {
                 }
             }
             if lost {
-                self.forget_dir();
+                if let Some(wd) = self.dir_wd.take() {
+                    // Already gone after IN_IGNORED; needed after IN_MOVE_SELF.
+                    let _ = inotify.watches().remove(wd);
+                }
                 out.push(Change::DirLost);
                 // It may be back already (renamed over, link swapped).
                 back = true;
             }
-            if back && self.rewatch_dir() {
-                out.push(Change::DirBack);
+            if back {
+                match add_dir(inotify, &self.dir, &mut self.dir_wd) {
+                    Ok(()) => out.push(Change::DirBack),
+                    // Not there (yet): the parent's watch says when it is.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        self.broken =
+                            Some(format!("watching {}: {}", self.dir.display(), explain(&e)));
+                        out.push(Change::Broken);
+                    }
+                }
             }
             if !any {
                 break;
@@ -178,33 +249,38 @@ impl Watcher {
         out
     }
 
-    fn forget_dir(&mut self) {
-        if let Some(wd) = self.dir_wd.take() {
-            // Already gone after IN_IGNORED; needed after IN_MOVE_SELF.
-            let _ = self.inotify.watches().remove(wd);
+    /// Re-adds the directory watch by path (following a swapped symlink).
+    fn rewatch_dir(&mut self) -> bool {
+        let Some(inotify) = self.inotify.as_mut() else {
+            return false;
+        };
+        match add_dir(inotify, &self.dir, &mut self.dir_wd) {
+            Ok(()) => true,
+            Err(e) => {
+                self.broken = Some(format!("watching {}: {}", self.dir.display(), explain(&e)));
+                false
+            }
         }
     }
 
-    /// Re-adds the directory watch by path (following a swapped symlink).
-    fn rewatch_dir(&mut self) -> bool {
-        match self.inotify.watches().add(&self.dir, DIR_MASK) {
-            Ok(wd) => {
-                if let Some(old) = self.dir_wd.replace(wd.clone())
-                    && old != wd
-                {
-                    let _ = self.inotify.watches().remove(old);
-                }
-                true
-            }
-            Err(_) => false,
-        }
+    /// The inotify fd to poll, while there is one.
+    pub fn fd(&self) -> Option<BorrowedFd<'_>> {
+        self.inotify.as_ref().map(|i| i.as_fd())
     }
 }
 
-impl AsFd for Watcher {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.inotify.as_fd()
+fn add_dir(
+    inotify: &mut Inotify,
+    dir: &Path,
+    wd_slot: &mut Option<WatchDescriptor>,
+) -> std::io::Result<()> {
+    let wd = inotify.watches().add(dir, DIR_MASK)?;
+    if let Some(old) = wd_slot.replace(wd.clone())
+        && old != wd
+    {
+        let _ = inotify.watches().remove(old);
     }
+    Ok(())
 }
 
 #[cfg(test)]

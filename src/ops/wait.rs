@@ -41,14 +41,25 @@ pub fn wait_for_state<T>(
 ) -> Result<Waited<T>> {
     // CLOEXEC and NONBLOCK (set by the inotify crate): reads never block;
     // poll() does the waiting.
-    let mut inotify = Inotify::init().context("inotify_init")?;
+    let mut inotify = Inotify::init().map_err(|e| {
+        anyhow::anyhow!(
+            "cannot wait for baton: inotify_init: {}",
+            crate::watch::explain(&e)
+        )
+    })?;
     inotify
         .watches()
         .add(
             app_dir,
             WatchMask::MOVED_TO | WatchMask::CLOSE_WRITE | WatchMask::ONLYDIR,
         )
-        .with_context(|| format!("watching {}", app_dir.display()))?;
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot wait for baton: watching {}: {}",
+                app_dir.display(),
+                crate::watch::explain(&e)
+            )
+        })?;
     let mut buf = [0u8; 4096];
     let mut last = None;
     loop {

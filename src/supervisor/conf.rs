@@ -146,7 +146,49 @@ impl Reloads {
     }
 }
 
+/// How soon to try watching current.conf again after the kernel refused,
+/// doubled up to [`WATCH_RETRY_MAX`]. The kernel cannot say when an inotify
+/// instance or watch becomes free, so this one thing is retried on a timer.
+const WATCH_RETRY_FIRST: Duration = Duration::from_secs(1);
+const WATCH_RETRY_MAX: Duration = Duration::from_secs(30);
+
 impl Supervisor {
+    /// If current.conf's directory cannot be watched (inotify instances or
+    /// watches exhausted): one error line, and a retry scheduled.
+    pub(super) fn watch_broken(&mut self, now: Instant) {
+        let Some(why) = self.watcher.broken() else {
+            return;
+        };
+        if self.watch_retry.is_none() {
+            error!(
+                "cannot watch {} for changes: {why}; edits of it are not seen until baton can watch it again (retrying; SIGHUP, `baton reload`, still reads it); what serves is not affected",
+                self.paths.config.display(),
+            );
+        }
+        let backoff = self
+            .watch_retry
+            .map_or(WATCH_RETRY_FIRST, |(_, b)| (b * 2).min(WATCH_RETRY_MAX));
+        self.watch_retry = Some((now + backoff, backoff));
+    }
+
+    /// Tries to watch current.conf again, once due; if that works, reads it
+    /// (an edit made meanwhile went unseen).
+    pub(super) fn on_watch_retry(&mut self, now: Now) {
+        if self.watch_retry.is_none_or(|(at, _)| at > now.mono) {
+            return;
+        }
+        if self.watcher.retry() {
+            self.watch_retry = None;
+            info!(
+                "watching {} again; reading it in case it changed meanwhile",
+                self.paths.config.display()
+            );
+            self.read_conf(Trigger::Edit, now);
+        } else {
+            self.watch_broken(now.mono);
+        }
+    }
+
     /// SIGHUP: a fresh generation of what current.conf names, at once or
     /// after the burst it belongs to.
     pub(super) fn on_sighup(&mut self, now: Now) {
@@ -206,6 +248,10 @@ impl Supervisor {
                     "inotify queue overflowed; re-reading {}",
                     self.paths.config.display()
                 ),
+                Change::Broken => {
+                    self.watch_broken(now.mono);
+                    continue;
+                }
                 Change::Written | Change::Created => {}
             }
             debug!("{} changed ({change:?})", self.paths.config.display());

@@ -29,7 +29,7 @@ mod upgrade;
 
 use std::collections::HashMap;
 use std::ffi::OsString;
-use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, RawFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -162,6 +162,9 @@ struct Supervisor {
     debounce: conf::Debounce,
     /// SIGHUPs, debounced likewise.
     reloads: conf::Reloads,
+    /// While current.conf cannot be watched: when to try again, and the
+    /// backoff.
+    watch_retry: Option<(Instant, Duration)>,
     /// current.conf as baton last read it.
     conf_read: Option<ConfStamp>,
     watchdog_at: Option<Instant>,
@@ -266,6 +269,7 @@ impl Supervisor {
             paths,
             debounce: conf::Debounce::default(),
             reloads: conf::Reloads::default(),
+            watch_retry: None,
             conf_read: None,
             strangers: intake::RateLimit::new(1),
             malformed: intake::RateLimit::new(10),
@@ -277,6 +281,7 @@ impl Supervisor {
             info!("{last} served when baton last ran (app.bin/app.cfg); it is the fallback");
             sup.core.remember_last_live(last);
         }
+        sup.watch_broken(Instant::now());
         sup.carry_over();
         sup.adopt_survivors(Now::read());
         sup.read_conf(Trigger::Startup, Now::read());
@@ -303,6 +308,7 @@ impl Supervisor {
                 self.reloads.deadline(),
                 self.strays_deadline(),
                 self.state.retry_at(),
+                self.watch_retry.map(|(at, _)| at),
                 self.upgrades.deadline(),
                 self.watchdog_at,
             ]
@@ -318,32 +324,37 @@ impl Supervisor {
                     PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
                 }
             };
-            // The three event sources, then the exec-status pipe of every
-            // generation whose exec outcome is not known yet, then the
-            // output of every running check.
+            // Signals and notifications; current.conf's watch (unless the
+            // kernel refused it); the exec-status pipe of every generation
+            // whose exec outcome is not known yet; the output of every
+            // running check; the pidfd of each survivor (readable once it
+            // exits).
             let execs = self.pending_execs();
             let outputs = self.check_outputs();
-            let mut fds = vec![
-                PollFd::new(sigfd.as_fd(), PollFlags::POLLIN),
-                PollFd::new(self.watcher.as_fd(), PollFlags::POLLIN),
-                PollFd::new(self.notify.as_fd(), PollFlags::POLLIN),
-            ];
-            for (_, pipe) in execs.iter().chain(&outputs) {
-                fds.push(PollFd::new(*pipe, PollFlags::POLLIN));
-            }
-            // Then the pidfd of each survivor: readable once it exits.
-            let survivors: Vec<(GenId, RawFd)> = self
+            let survivors: Vec<(GenId, BorrowedFd<'_>)> = self
                 .survivors
                 .iter()
-                .filter_map(|(id, c)| c.pidfd.as_ref().map(|fd| (*id, fd.as_raw_fd())))
+                .filter_map(|(id, c)| c.pidfd.as_ref().map(|fd| (*id, fd.as_fd())))
                 .collect();
+            let mut fds = vec![
+                PollFd::new(sigfd.as_fd(), PollFlags::POLLIN),
+                PollFd::new(self.notify.as_fd(), PollFlags::POLLIN),
+            ];
+            let watch_at = self.watcher.fd().map(|fd| {
+                fds.push(PollFd::new(fd, PollFlags::POLLIN));
+                fds.len() - 1
+            });
+            let execs_at = fds.len();
+            for (_, pipe) in &execs {
+                fds.push(PollFd::new(*pipe, PollFlags::POLLIN));
+            }
+            let outputs_at = fds.len();
+            for (_, pipe) in &outputs {
+                fds.push(PollFd::new(*pipe, PollFlags::POLLIN));
+            }
+            let survivors_at = fds.len();
             for (_, fd) in &survivors {
-                // SAFETY: the pidfd is owned by `self.survivors`, which is
-                // not touched until `fds` is dropped below.
-                fds.push(PollFd::new(
-                    unsafe { std::os::fd::BorrowedFd::borrow_raw(*fd) },
-                    PollFlags::POLLIN,
-                ));
+                fds.push(PollFd::new(*fd, PollFlags::POLLIN));
             }
             match poll(&mut fds, timeout) {
                 Ok(_) | Err(nix::errno::Errno::EINTR) => {}
@@ -356,34 +367,36 @@ impl Supervisor {
             drop(fds);
             let execs: Vec<GenId> = execs.into_iter().map(|(id, _)| id).collect();
             let outputs: Vec<GenId> = outputs.into_iter().map(|(id, _)| id).collect();
+            let survivors: Vec<GenId> = survivors.into_iter().map(|(id, _)| id).collect();
             let now = Now::read();
             for (i, id) in execs.iter().enumerate() {
-                if ready[3 + i] {
+                if ready[execs_at + i] {
                     self.on_exec(*id, now);
                 }
             }
             for (i, id) in outputs.iter().enumerate() {
-                if ready[3 + execs.len() + i] {
+                if ready[outputs_at + i] {
                     self.on_check_output(*id);
                 }
             }
-            for (i, (id, _)) in survivors.iter().enumerate() {
-                if ready[3 + execs.len() + outputs.len() + i] {
+            for (i, id) in survivors.iter().enumerate() {
+                if ready[survivors_at + i] {
                     self.on_survivor_exit(*id, now);
                 }
             }
             // Notifications before SIGCHLD (as systemd does): a READY=1
             // sent just before its sender exited must be read while the
             // sender is still known as its generation's.
-            if ready[2] {
+            if ready[1] {
                 self.on_notify(now);
             }
             if ready[0] {
                 self.on_signals(sigfd, now);
             }
-            if ready[1] {
+            if watch_at.is_some_and(|i| ready[i]) {
                 self.on_watch(now);
             }
+            self.on_watch_retry(now);
             self.on_settled(now);
             self.on_reload_due(now);
             self.kill_strays(now.mono);

@@ -429,6 +429,7 @@ impl Supervisor {
             paths,
             debounce: conf::Debounce::default(),
             reloads: conf::Reloads::default(),
+            watch_retry: None,
             conf_read: h.conf_read,
             strangers: intake::RateLimit::new(1),
             malformed: intake::RateLimit::new(10),
@@ -440,6 +441,7 @@ impl Supervisor {
             exit: false,
             event_at: None,
         };
+        sup.watch_broken(now.mono);
         // What happened while neither image was looking.
         sup.reap(now);
         if ConfStamp::of(&sup.paths.config) != sup.conf_read {

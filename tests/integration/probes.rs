@@ -673,3 +673,92 @@ fn a_read_only_state_directory_at_start_still_serves() {
     rig.signal(Signal::SIGTERM);
     assert_eq!(rig.wait_exit().code(), Some(0));
 }
+
+/// baton in a user namespace of its own whose inotify limit `limit`
+/// (`max_inotify_instances` or `max_inotify_watches`, per user namespace,
+/// so the host's limits are untouched) is 0: baton starts and serves, one
+/// error names the limit, edits go unseen but SIGHUP still reads
+/// current.conf; once the limit is raised again, baton watches by itself
+/// and sees edits again.
+fn inotify_exhausted(tag: &str, limit: &str, reason: &str) {
+    let mut rig = Rig::new(tag);
+    rig.release("1.0", "");
+    rig.release("2.0", "");
+    rig.release("3.0", "");
+    rig.point("1.0");
+    rig.wrap = ["unshare", "--user", "--map-root-user"]
+        .map(String::from)
+        .to_vec();
+    rig.sh_prefix = format!("echo 0 > /proc/sys/user/{limit} && ");
+    rig.start(&[]);
+    let pid1 = rig.wait_live("1.0");
+    let line = rig.wait_line(&[
+        "ERROR",
+        &format!("cannot watch {} for changes", rig.conf.display()),
+    ]);
+    assert!(
+        line.contains(reason) && line.contains("SIGHUP, `baton reload`, still reads it"),
+        "{line}"
+    );
+    let load = Load::start(rig.port, 2);
+    // An edit is not seen; a reload reads it.
+    rig.point("2.0");
+    rig.signal(Signal::SIGHUP);
+    rig.wait_replaced("2.0", pid1);
+    assert_eq!(
+        rig.log_lines(&["ERROR", "cannot watch"]).len(),
+        1,
+        "one error"
+    );
+    // `baton switch --wait` under the same limit says which.
+    let out = std::process::Command::new("nsenter")
+        .args([
+            "-t",
+            &rig.baton_pid().to_string(),
+            "-U",
+            BATON,
+            "switch",
+            "2.0",
+        ])
+        .args(["--config", path_str(&rig.conf), "--wait=5s"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.code() == Some(1)
+            && err.contains("cannot wait for baton")
+            && err.contains(reason),
+        "{out:?}"
+    );
+    // The limit back up: watched again, by itself, and edits are seen.
+    let out = std::process::Command::new("nsenter")
+        .args(["-t", &rig.baton_pid().to_string(), "-U", "sh", "-c"])
+        .arg(format!("echo 128 > /proc/sys/user/{limit}"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    rig.wait_line(&[&format!("watching {} again", rig.conf.display())]);
+    rig.point("3.0");
+    rig.wait_live("3.0");
+    let report = load.stop();
+    assert_eq!(report.failed, 0, "{:?}", report.errors);
+    rig.assert_children(1);
+}
+
+#[test]
+fn no_inotify_instance_left_is_one_error_and_a_reload_still_works() {
+    inotify_exhausted(
+        "p-inotify-inst",
+        "max_inotify_instances",
+        "too many inotify instances for this user (fs.inotify.max_user_instances)",
+    );
+}
+
+#[test]
+fn no_inotify_watch_left_is_one_error_and_a_reload_still_works() {
+    inotify_exhausted(
+        "p-inotify-watch",
+        "max_inotify_watches",
+        "inotify watches exhausted for this user (fs.inotify.max_user_watches)",
+    );
+}
