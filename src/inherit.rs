@@ -19,7 +19,7 @@ use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use crate::handover;
 
@@ -47,6 +47,9 @@ pub struct Inherited {
     /// The sockets passed for this pid (LISTEN_FDS, LISTEN_PID checked by
     /// listenfd), in order; validated by [`crate::sockets`].
     pub listen_fds: Vec<RawFd>,
+    /// Why LISTEN_FDS was set but passed nothing to baton (LISTEN_PID
+    /// names another process), for the error if no socket is left.
+    pub listen_ignored: Option<String>,
     /// LISTEN_FDNAMES, passed on to generations unchanged.
     pub listen_fdnames: Option<String>,
     /// NOTIFY_SOCKET: where systemd listens for baton's own READY/STATUS.
@@ -110,9 +113,7 @@ impl Inherited {
             refused: std::env::var(handover::REFUSED_ENV).ok(),
             fail_adopt: std::env::var(handover::FAIL_ADOPT_ENV).ok(),
         });
-        // listenfd checks LISTEN_PID against our pid (and clears LISTEN_FDS
-        // and LISTEN_PID itself).
-        let mut taken = listenfd::ListenFd::from_env();
+        let listen_fds_var = std::env::var_os("LISTEN_FDS");
         // SAFETY: called from `baton run` before any thread is spawned (see
         // supervisor::run), so nothing can read the environment concurrently.
         unsafe {
@@ -120,25 +121,13 @@ impl Inherited {
                 std::env::remove_var(name);
             }
         }
-        if taken.len() == 0
-            && let Some(pid) =
-                listen_pid.filter(|p| !p.is_empty() && *p != std::process::id().to_string())
-        {
-            log::warn!(
-                "LISTEN_FDS is meant for pid {pid}, not baton ({}): ignored",
-                std::process::id()
-            );
-        }
-        let mut listen_fds = Vec::with_capacity(taken.len());
-        for i in 0..taken.len() {
-            let raw = taken
-                .take_raw_fd(i)
-                .with_context(|| format!("taking inherited fd {}", 3 + i))?
-                .with_context(|| format!("inherited fd {} is missing", 3 + i))?;
-            listen_fds.push(raw);
+        let (listen_fds, listen_ignored) = listen_fds(listen_fds_var, listen_pid)?;
+        if let Some(why) = &listen_ignored {
+            log::warn!("{why}");
         }
         Ok(Inherited {
             listen_fds,
+            listen_ignored,
             listen_fdnames,
             notify_socket,
             watchdog,
@@ -148,6 +137,53 @@ impl Inherited {
             upgrade,
         })
     }
+}
+
+/// The sockets LISTEN_FDS passes, as `sd_listen_fds(3)` reads them: fds
+/// 3, 4, ... for LISTEN_PID (when it is set) being baton's pid. Checked
+/// before baton opens a single fd of its own, so that an fd it opened can
+/// never be taken for one passed to it: LISTEN_FDS must be a number, no
+/// more than the fd table can hold, and every fd it counts must be open.
+/// (Each is checked to be a socket by [`crate::sockets`].) The second
+/// value says why LISTEN_FDS was ignored, if it was.
+fn listen_fds(
+    fds: Option<std::ffi::OsString>,
+    pid: Option<String>,
+) -> Result<(Vec<RawFd>, Option<String>)> {
+    let Some(fds) = fds.filter(|v| !v.is_empty()) else {
+        return Ok((Vec::new(), None));
+    };
+    let me = std::process::id().to_string();
+    if let Some(pid) = pid.filter(|p| !p.is_empty() && *p != me) {
+        return Ok((
+            Vec::new(),
+            Some(format!(
+                "LISTEN_FDS is meant for pid {pid} (LISTEN_PID), not baton ({me}): ignored"
+            )),
+        ));
+    }
+    let text = fds.to_string_lossy();
+    let n: u32 = text.parse().map_err(|_| {
+        anyhow::anyhow!("LISTEN_FDS={text:?} is not a number of sockets (expected 1, 2, ...)")
+    })?;
+    let (limit, _) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .unwrap_or((1024, 1024));
+    if u64::from(n) + 3 > limit {
+        anyhow::bail!(
+            "LISTEN_FDS={n} counts more sockets than this process can have open (RLIMIT_NOFILE {limit})"
+        );
+    }
+    let fds: Vec<RawFd> = (3..3 + n as RawFd).collect();
+    for &fd in &fds {
+        // SAFETY: F_GETFD only asks whether the descriptor number is open.
+        if unsafe { nix::libc::fcntl(fd, nix::libc::F_GETFD) } < 0 {
+            anyhow::bail!(
+                "LISTEN_FDS={n} but fd {fd} is not open: whoever started baton passed {} socket(s), not {n}",
+                fd - 3
+            );
+        }
+    }
+    Ok((fds, None))
 }
 
 /// The home directory `~/` means in current.conf, for the daemon and the

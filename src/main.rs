@@ -48,18 +48,22 @@ fn main() -> ExitCode {
 
 /// fds 0-2 must be open, or the first socket or file baton opens would take
 /// one of those numbers, and a generation would find it where it expects
-/// stdin or stderr.
+/// stdin or stderr. (Rust's runtime reopens closed ones on /dev/null
+/// before main on Linux already; this keeps it so whatever the runtime
+/// does.)
 fn ensure_std_fds() {
     for fd in 0..3 {
         // SAFETY: F_GETFD only inspects the descriptor number.
         if unsafe { nix::libc::fcntl(fd, nix::libc::F_GETFD) } < 0 {
             // Opened without CLOEXEC on purpose; lands on the lowest free
-            // number, which is `fd`.
+            // number, which is `fd`, and is kept open (into_raw_fd: an
+            // OwnedFd dropped here would close it again at once).
             let _ = nix::fcntl::open(
                 "/dev/null",
                 nix::fcntl::OFlag::O_RDWR,
                 nix::sys::stat::Mode::empty(),
-            );
+            )
+            .map(std::os::fd::IntoRawFd::into_raw_fd);
         }
     }
 }

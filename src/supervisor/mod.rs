@@ -68,7 +68,11 @@ const SIGNALS: [Signal; 5] = [
 /// Runs `baton run` until SIGTERM/SIGINT. Must be called while the process
 /// is single-threaded: it takes the environment and forks.
 pub fn run(args: RunArgs) -> Result<()> {
-    // Signals first, so none is lost between here and the loop.
+    // What baton was given, first: before it opens an fd of its own that
+    // could be mistaken for an inherited socket.
+    let mut inherited = Inherited::take()?;
+    check_fd_limit(inherited.listen_fds.len().max(args.listen.len()))?;
+    // Signals next, so none is lost between here and the loop.
     let mut mask = SigSet::empty();
     for s in SIGNALS {
         mask.add(s);
@@ -79,13 +83,33 @@ pub fn run(args: RunArgs) -> Result<()> {
     // Orphaned grandchildren are re-parented to baton, which reaps them.
     nix::sys::prctl::set_child_subreaper(true).context("PR_SET_CHILD_SUBREAPER")?;
 
-    let mut inherited = Inherited::take()?;
     let mut sup = match inherited.upgrade.take() {
         Some(from) => Supervisor::adopt(&args, inherited, from)?,
         None => Supervisor::start(&args, inherited)?,
     };
     sup.main_loop(&sigfd)?;
     info!("all generations stopped; exiting");
+    Ok(())
+}
+
+/// The open files baton needs beyond its sockets: its own (stdio,
+/// signalfd, inotify, notify and systemd sockets, lock) and room for a
+/// dozen generations at once (a pidfd each, an exec-status pipe while one
+/// starts, the state file being replaced).
+const FDS_BESIDES_SOCKETS: u64 = 32;
+
+/// Refuses to run with an RLIMIT_NOFILE too low for baton: otherwise it
+/// would fail later, at random, while starting a generation or writing its
+/// state ("Too many open files"), with a generation half started.
+fn check_fd_limit(sockets: usize) -> Result<()> {
+    use nix::sys::resource::{Resource, getrlimit};
+    let need = FDS_BESIDES_SOCKETS + 2 * sockets as u64;
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).context("getrlimit")?;
+    if soft < need {
+        anyhow::bail!(
+            "RLIMIT_NOFILE is {soft} (hard limit {hard}): baton needs at least {need} open files ({FDS_BESIDES_SOCKETS}, and 2 per listening socket); raise it (LimitNOFILE= in the unit, ulimit -n)"
+        );
+    }
     Ok(())
 }
 
@@ -213,10 +237,14 @@ impl Supervisor {
         } else if !args.listen.is_empty() {
             Listeners::bind(&args.listen)?
         } else {
-            return Err(UsageError(
-                "run: no listening socket: start baton from a systemd socket unit (LISTEN_FDS) or pass --listen ADDR"
-                    .into(),
-            )
+            return Err(UsageError(format!(
+                "run: no listening socket: start baton from a systemd socket unit (LISTEN_FDS) or pass --listen ADDR{}",
+                inherited
+                    .listen_ignored
+                    .as_deref()
+                    .map(|why| format!(" ({why})"))
+                    .unwrap_or_default()
+            ))
             .into());
         };
         let paths = AppPaths::new(&args.config, args.app_dir.as_deref())?;

@@ -762,3 +762,153 @@ fn no_inotify_watch_left_is_one_error_and_a_reload_still_works() {
         "inotify watches exhausted for this user (fs.inotify.max_user_watches)",
     );
 }
+
+/// Starts baton with `env` over what the rig sets (and `extra` fds after
+/// the listener) and waits for it to exit: it must refuse with exit 1 and
+/// one error line holding `reason`, having started nothing.
+fn refused_at_start(tag: &str, env: &[(&str, &str)], extra: Vec<i32>, reason: &str) {
+    let mut rig = Rig::new(tag);
+    rig.release("1.0", "");
+    rig.point("1.0");
+    rig.extra_fds = extra;
+    rig.env = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    rig.start(&[]);
+    let status = rig.wait_exit();
+    let errors = rig.log_lines(&["ERROR"]);
+    assert!(
+        status.code() == Some(1) && errors.len() == 1 && errors[0].contains(reason),
+        "{status:?}\n{}",
+        rig.log()
+    );
+    assert!(
+        rig.log_lines(&["started generation"]).is_empty(),
+        "{}",
+        rig.log()
+    );
+    assert!(rig.state().is_none(), "nothing written");
+}
+
+/// LISTEN_FDS that does not describe what baton was given: each is one
+/// error line saying so, at once (a huge count does not hang baton while
+/// it looks), and baton takes none of its own fds for a socket.
+#[test]
+fn bad_listen_fds_are_refused_with_the_reason() {
+    refused_at_start(
+        "p-lfds-nan",
+        &[("LISTEN_FDS", "abc")],
+        vec![],
+        "LISTEN_FDS=\"abc\" is not a number of sockets",
+    );
+    refused_at_start(
+        "p-lfds-neg",
+        &[("LISTEN_FDS", "-1")],
+        vec![],
+        "LISTEN_FDS=\"-1\" is not a number of sockets",
+    );
+    refused_at_start(
+        "p-lfds-few",
+        &[("LISTEN_FDS", "3")],
+        vec![],
+        "LISTEN_FDS=3 but fd 4 is not open: whoever started baton passed 1 socket(s), not 3",
+    );
+    refused_at_start(
+        "p-lfds-huge",
+        &[("LISTEN_FDS", "2147483647")],
+        vec![],
+        "LISTEN_FDS=2147483647 counts more sockets than this process can have open",
+    );
+    let file = std::fs::File::open("/dev/null").unwrap();
+    refused_at_start(
+        "p-lfds-file",
+        &[],
+        vec![std::os::fd::AsRawFd::as_raw_fd(&file)],
+        "inherited fd 4 (from LISTEN_FDS) is not a socket",
+    );
+}
+
+/// LISTEN_FDS meant for another process (LISTEN_PID): ignored, and with no
+/// --listen the usage error says why there is no socket.
+#[test]
+fn listen_fds_for_another_pid_are_ignored_and_the_error_says_so() {
+    let rig = Rig::new("p-lpid");
+    rig.release("1.0", "");
+    rig.point("1.0");
+    let out = std::process::Command::new(BATON)
+        .args(["run", "--config", path_str(&rig.conf)])
+        .env("LISTEN_FDS", "1")
+        .env("LISTEN_PID", "1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("no listening socket")
+            && err.contains("(LISTEN_FDS is meant for pid 1 (LISTEN_PID), not baton ("),
+        "{err}"
+    );
+}
+
+/// An RLIMIT_NOFILE too low for baton is refused at start with the
+/// numbers, instead of failing later while starting a generation ("Too
+/// many open files"); at exactly what it needs, it serves and rolls.
+#[test]
+fn a_low_open_file_limit_is_refused_at_start_and_enough_serves() {
+    let mut rig = Rig::new("p-nofile");
+    rig.release("1.0", "");
+    rig.release("2.0", "");
+    rig.point("1.0");
+    rig.wrap = ["prlimit", "--nofile=20:20", "--"]
+        .map(String::from)
+        .to_vec();
+    rig.start(&[]);
+    assert_eq!(rig.wait_exit().code(), Some(1), "{}", rig.log());
+    rig.wait_line(&[
+        "ERROR",
+        "RLIMIT_NOFILE is 20 (hard limit 20): baton needs at least 34 open files",
+    ]);
+    assert!(rig.log_lines(&["started generation"]).is_empty());
+    rig.wrap = ["prlimit", "--nofile=34:34", "--"]
+        .map(String::from)
+        .to_vec();
+    rig.start(&[]);
+    rig.wait_live("1.0");
+    rig.point("2.0");
+    rig.wait_live("2.0");
+    rig.assert_children(1);
+}
+
+/// Started with stdin, stdout and stderr closed: baton has /dev/null there
+/// (so nothing it opens takes those numbers), and so do its generations;
+/// it serves and rolls.
+#[test]
+fn closed_stdio_at_start_is_dev_null_for_baton_and_its_generations() {
+    let mut rig = Rig::new("p-stdio");
+    rig.release("1.0", "");
+    rig.release("2.0", "");
+    rig.point("1.0");
+    rig.sh_prefix = "exec 0<&- 1>&- 2>&-; ".into();
+    rig.start(&[]);
+    rig.wait_live("1.0");
+    let target = |pid: i32, fd: i32| {
+        std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+            .map(|t| t.display().to_string())
+            .unwrap_or_else(|e| format!("closed ({e})"))
+    };
+    for fd in 0..3 {
+        assert_eq!(target(rig.baton_pid(), fd), "/dev/null", "baton's fd {fd}");
+    }
+    assert!(target(rig.baton_pid(), 3).starts_with("socket:"));
+    rig.point("2.0");
+    let pid = rig.wait_live("2.0");
+    let (_, info) = rig.get("/info").unwrap();
+    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+    let fds = info["fds_at_start"].as_array().unwrap();
+    for (fd, f) in fds.iter().take(3).enumerate() {
+        assert_eq!(f, &serde_json::json!([fd, "/dev/null"]), "{info}");
+    }
+    assert_eq!(info["pid"], pid);
+    rig.assert_children(1);
+}
