@@ -912,3 +912,89 @@ fn closed_stdio_at_start_is_dev_null_for_baton_and_its_generations() {
     assert_eq!(info["pid"], pid);
     rig.assert_children(1);
 }
+
+/// Rapid rollouts through slow-draining releases: three generations
+/// drain at once, each with requests in flight. Each finishes what it
+/// holds and exits (the one whose request outlasts --stop-timeout is
+/// killed at its own deadline, and only that request fails); the state
+/// file shows them all stopping meanwhile; no zombie, no fd left behind.
+#[test]
+fn three_generations_draining_at_once_each_finish_on_their_own_deadline() {
+    let mut rig = Rig::new("p-drain3");
+    for v in ["1.0", "2.0", "3.0", "4.0"] {
+        rig.release(v, "");
+    }
+    rig.point("1.0");
+    rig.start(&["--stop-timeout", "6s", "--probation", "0"]);
+    let first = rig.wait_live("1.0");
+    rig.wait_line(&[&format!("generation 1 (pid {first}) exec'd")]);
+    let baton = rig.baton_pid();
+    let fds_before = fd_count(baton);
+    let load = Load::start(rig.port, 2);
+    let port = rig.port;
+    let slow = |ms: u64| std::thread::spawn(move || http_get(port, &format!("/slow?ms={ms}")));
+    let mut held = vec![];
+    // 1.0 holds one request longer than --stop-timeout, and one shorter.
+    let idle = fd_count(first);
+    held.push(("1.0", first, slow(20_000)));
+    held.push(("1.0", first, slow(2_500)));
+    rig.wait("1.0 to hold both", || fd_count(first) >= idle + 2);
+    let mut pids = vec![first];
+    for (v, g) in [("2.0", 2), ("3.0", 3)] {
+        rig.point(v);
+        let pid = rig.wait_live(v);
+        rig.wait_line(&[&format!("generation {g} (pid {pid}) exec'd")]);
+        let idle = fd_count(pid);
+        held.push((v, pid, slow(2_500)));
+        rig.wait(&format!("{v} to hold its request"), || fd_count(pid) > idle);
+        pids.push(pid);
+    }
+    rig.point("4.0");
+    let last = rig.wait_live("4.0");
+    rig.wait("three generations draining at once", || {
+        rig.state().is_some_and(|s| {
+            s["generations"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|g| g["state"] == "stopping")
+                .count()
+                == 3
+        })
+    });
+    for (v, pid, h) in held {
+        let r = h.join().unwrap();
+        match r {
+            Ok((200, body)) => assert!(
+                body.starts_with(&format!("release {v} pid {pid} slept 2500 ms")),
+                "{body}"
+            ),
+            Ok(other) => panic!("{other:?}"),
+            // Only the request that outlasts --stop-timeout dies, with 1.0.
+            Err(e) => assert_eq!(pid, first, "{v}: {e}"),
+        }
+    }
+    rig.wait_line(&[&format!(
+        "generation 1 (app.1.0, pid {first}) did not exit within --stop-timeout 6s; sending SIGKILL"
+    )]);
+    for (g, pid) in pids.iter().enumerate().skip(1) {
+        rig.wait_line(&[&format!(
+            "generation {} (app.{}.0, pid {pid}) exited (exit status 0)",
+            g + 1,
+            g + 1
+        )]);
+    }
+    assert_eq!(
+        rig.log_lines(&["did not exit within --stop-timeout"]).len(),
+        1,
+        "only 1.0 is killed\n{}",
+        rig.log()
+    );
+    let report = load.stop();
+    assert_eq!(report.failed, 0, "{:?}", report.errors);
+    rig.assert_children(1);
+    assert_eq!(rig.wait_live("4.0"), last);
+    rig.wait(&format!("baton's fd count back to {fds_before}"), || {
+        fd_count(baton) == fds_before
+    });
+}
