@@ -40,16 +40,9 @@ use crate::state::UpgradeInfo;
 /// drop them silently.
 pub const FORMAT: u32 = 3;
 
-/// Names the fd of the memfd holding the handover.
-pub const ENV: &str = "BATON_HANDOVER";
-/// Names an fd open on the image that wrote the handover, to go back to.
-pub const PREVIOUS_EXE_ENV: &str = "BATON_PREVIOUS_EXE";
-/// Why a new image handed the state back (set when it execs the previous
-/// image again).
-pub const REFUSED_ENV: &str = "BATON_UPGRADE_REFUSED";
-/// A fault to inject, for testing the way back: an image started with it
-/// refuses to adopt what it was handed, with this reason.
-pub const FAIL_ADOPT_ENV: &str = "BATON_FAIL_ADOPT";
+// The variables that carry it across the exec are read with everything else
+// baton inherits.
+pub use crate::inherit::{FAIL_ADOPT_ENV, HANDOVER_ENV as ENV, PREVIOUS_EXE_ENV, REFUSED_ENV};
 
 /// Everything one image of baton hands the next.
 #[derive(Debug, Serialize, Deserialize)]

@@ -21,7 +21,17 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use crate::handover;
+/// `baton upgrade` ([`crate::handover`]): names the fd of the memfd holding
+/// the handover.
+pub const HANDOVER_ENV: &str = "BATON_HANDOVER";
+/// Names an fd open on the image that wrote the handover, to go back to.
+pub const PREVIOUS_EXE_ENV: &str = "BATON_PREVIOUS_EXE";
+/// Why a new image handed the state back (set when it execs the previous
+/// image again).
+pub const REFUSED_ENV: &str = "BATON_UPGRADE_REFUSED";
+/// A fault to inject, for testing the way back: an image started with it
+/// refuses to adopt what it was handed, with this reason.
+pub const FAIL_ADOPT_ENV: &str = "BATON_FAIL_ADOPT";
 
 /// Variables that describe baton's own service (or hand its state from one
 /// image to the next), never a generation's. A generation gets its own
@@ -35,10 +45,10 @@ pub const FOR_BATON_ONLY: [&str; 11] = [
     "NOTIFY_SOCKET",
     "WATCHDOG_USEC",
     "WATCHDOG_PID",
-    handover::ENV,
-    handover::PREVIOUS_EXE_ENV,
-    handover::REFUSED_ENV,
-    handover::FAIL_ADOPT_ENV,
+    HANDOVER_ENV,
+    PREVIOUS_EXE_ENV,
+    REFUSED_ENV,
+    FAIL_ADOPT_ENV,
 ];
 
 /// Everything `baton run` takes from its parent.
@@ -78,7 +88,7 @@ pub struct FromImage {
     /// Set when a newer image could not adopt the handover and exec'd this
     /// one again: why.
     pub refused: Option<String>,
-    /// [`handover::FAIL_ADOPT_ENV`]: refuse to adopt, for testing.
+    /// [`FAIL_ADOPT_ENV`]: refuse to adopt, for testing.
     pub fail_adopt: Option<String>,
 }
 
@@ -107,11 +117,11 @@ impl Inherited {
                 .and_then(|v| v.parse::<RawFd>().ok())
                 .filter(|fd| *fd > 2)
         };
-        let upgrade = fd_var(handover::ENV).map(|fd| FromImage {
+        let upgrade = fd_var(HANDOVER_ENV).map(|fd| FromImage {
             handover: fd,
-            previous_exe: fd_var(handover::PREVIOUS_EXE_ENV),
-            refused: std::env::var(handover::REFUSED_ENV).ok(),
-            fail_adopt: std::env::var(handover::FAIL_ADOPT_ENV).ok(),
+            previous_exe: fd_var(PREVIOUS_EXE_ENV),
+            refused: std::env::var(REFUSED_ENV).ok(),
+            fail_adopt: std::env::var(FAIL_ADOPT_ENV).ok(),
         });
         let listen_fds_var = std::env::var_os("LISTEN_FDS");
         // SAFETY: called from `baton run` before any thread is spawned (see
