@@ -77,7 +77,7 @@ pub struct Inherited {
     pub upgrade: Option<FromImage>,
 }
 
-/// What an earlier image of baton left for this one (see [`handover`]).
+/// What an earlier image of baton left for this one (see [`crate::handover`]).
 #[derive(Debug)]
 pub struct FromImage {
     /// The memfd holding the handover.

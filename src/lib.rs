@@ -71,20 +71,28 @@
 //!   [`procfs`], boot id), lets the live one serve until its own generation
 //!   is live and then retires it; it watches them through their pidfds,
 //!   since they are not its children.
+//! - **Upgrading itself** (`baton upgrade`, SIGUSR2) replaces the program,
+//!   not the process: the running image writes its state as a
+//!   [`handover`], has the new binary check it in a child, then execs that
+//!   binary with the sockets, the notify socket and every generation's
+//!   pidfd left open. The pid systemd watches, the children and the
+//!   deadlines stay; a new image that cannot adopt the handover execs the
+//!   previous one again.
 //!
 //! ## The operator side
 //!
-//! `baton status`, `switch`, `reload`, `releases` and `history` ([`ops`])
-//! are separate processes that share no memory with the daemon and import
-//! neither the loop nor the state machine. They meet it in the file system:
-//! the state file it replaces atomically whenever something changes and
-//! the flock it holds while it runs ([`state`], laid out by [`paths`]),
-//! current.conf (which `switch` replaces atomically), and SIGHUP for
-//! `reload`. The state file outlives the daemon: `history` reads it whether
-//! baton runs or not, and a new baton carries its history, last known good
-//! and held-back release over ([`core::recovery`]). They wait
-//! with inotify on the app dir and a deadline, never by polling. They read
-//! `~/` in current.conf exactly as the daemon does ([`inherit::home`]).
+//! `baton status`, `switch`, `reload`, `releases`, `upgrade` and `history`
+//! ([`ops`]) are separate processes that share no memory with the daemon
+//! and import neither the loop nor the state machine. They meet it in the
+//! file system: the state file it replaces atomically whenever something
+//! changes and the flock it holds while it runs ([`state`], laid out by
+//! [`paths`]), current.conf (which `switch` replaces atomically), SIGHUP
+//! for `reload` and SIGUSR2 for `upgrade`. The state file outlives the
+//! daemon: `history` reads it whether baton runs or not, and a new baton
+//! carries its history, last known good and held-back release over
+//! ([`core::recovery`]). They wait with inotify on the app dir and a
+//! deadline, never by polling. They read `~/` in current.conf exactly as
+//! the daemon does ([`inherit::home`]).
 //!
 //! ## The rest
 //!
