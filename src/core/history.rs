@@ -345,14 +345,7 @@ impl History {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn rel(v: &str) -> Release {
-        Release {
-            bin: format!("/r/app.{v}").into(),
-            cfg: format!("/r/cfg.{v}").into(),
-            ..Default::default()
-        }
-    }
+    use crate::core::tests::rel;
 
     fn at(secs: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + secs)

@@ -265,14 +265,7 @@ impl Recovery {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn rel(v: &str) -> Release {
-        Release {
-            bin: format!("/r/app.{v}").into(),
-            cfg: format!("/r/cfg.{v}").into(),
-            ..Default::default()
-        }
-    }
+    use crate::core::tests::rel;
 
     #[test]
     fn backoff_is_capped() {

@@ -245,6 +245,31 @@ impl Fleet {
         self.build.join(name).display().to_string()
     }
 
+    /// Runs a playbook under the load, and books the run and what the load
+    /// saw.
+    fn play(
+        &self,
+        fig: &mut Figures,
+        label: &str,
+        playbook: &str,
+        vars: &[String],
+    ) -> Result<(Run, Tally, Vec<Access>)> {
+        let (run, tally, access) = self.under_load(|| self.ansible.run(label, playbook, vars))?;
+        fig.add_run(&run);
+        fig.add_load(&tally);
+        Ok((run, tally, access))
+    }
+
+    /// The variables of a rollout of `version` from the build's files `bin`
+    /// and `cfg`.
+    fn release(&self, version: &str, bin: &str, cfg: &str) -> Vec<String> {
+        vec![
+            format!("version={version}"),
+            format!("bin={}", self.path(bin)),
+            format!("cfg={}", self.path(cfg)),
+        ]
+    }
+
     /// Runs `f` with the load going through nginx; returns what it saw and
     /// nginx's log of the same time.
     fn under_load<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<(T, Tally, Vec<Access>)> {
@@ -536,11 +561,10 @@ fn install_and_first_release(f: &Fleet, fig: &mut Figures) -> Result<()> {
         "setup-first-release",
         "rollout.yml",
         &[
-            "version=1.0".into(),
-            format!("bin={}", f.path("app")),
-            format!("cfg={}", f.path("cfg.1.0")),
-            "baton_serial=100%".into(),
-        ],
+            f.release("1.0", "app", "cfg.1.0"),
+            vec!["baton_serial=100%".into()],
+        ]
+        .concat(),
     )?;
     fig.add_run(&first);
     expect_success(&first)?;
@@ -569,20 +593,16 @@ fn deb_version(deb: &Path) -> Result<String> {
 fn case_good_release(f: &Fleet, fig: &mut Figures) -> Result<()> {
     f.artifact("cfg.2.0", br#"{"release": "2.0"}"#)?;
     let sums = f.sums("SHA256SUMS", &["app", "cfg.2.0"])?;
-    let (run, tally, _) = f.under_load(|| {
-        f.ansible.run(
-            "case1-rollout-2.0",
-            "rollout.yml",
-            &[
-                "version=2.0".into(),
-                format!("bin={}", f.path("app")),
-                format!("cfg={}", f.path("cfg.2.0")),
-                format!("sha256sums={}", sums.display()),
-            ],
-        )
-    })?;
-    fig.add_run(&run);
-    fig.add_load(&tally);
+    let (run, tally, _) = f.play(
+        fig,
+        "case1-rollout-2.0",
+        "rollout.yml",
+        &[
+            f.release("2.0", "app", "cfg.2.0"),
+            vec![format!("sha256sums={}", sums.display())],
+        ]
+        .concat(),
+    )?;
     expect_success(&run)?;
     let batches: Vec<Vec<String>> = run.batches().into_iter().map(|b| b.hosts).collect();
     ensure!(
@@ -649,15 +669,12 @@ fn case_good_release(f: &Fleet, fig: &mut Figures) -> Result<()> {
 /// Case 1b: rollback.yml puts the whole fleet back on the previous release the
 /// same way; status.yml then tells each host's state in one line.
 fn case_rollback_playbook(f: &Fleet, fig: &mut Figures) -> Result<()> {
-    let (run, tally, _) = f.under_load(|| {
-        f.ansible.run(
-            "case1b-rollback-1.0",
-            "rollback.yml",
-            &["version=1.0".into()],
-        )
-    })?;
-    fig.add_run(&run);
-    fig.add_load(&tally);
+    let (run, tally, _) = f.play(
+        fig,
+        "case1b-rollback-1.0",
+        "rollback.yml",
+        &["version=1.0".into()],
+    )?;
     expect_success(&run)?;
     ensure!(run.batches().len() == 3, "batches: {:?}", run.batches());
     f.assert_serves(&[0, 1, 2], "1.0")?;
@@ -686,19 +703,12 @@ fn case_rollback_playbook(f: &Fleet, fig: &mut Figures) -> Result<()> {
 fn case_crash_on_canary(f: &Fleet, fig: &mut Figures) -> Result<()> {
     f.artifact("cfg.2.1", br#"{"release": "2.1", "exit_before_ready": 4}"#)?;
     let before: Vec<Untouched> = (1..HOSTS).map(|i| f.untouched(i)).collect();
-    let (run, tally, _) = f.under_load(|| {
-        f.ansible.run(
-            "case2-rollout-2.1-crashes",
-            "rollout.yml",
-            &[
-                "version=2.1".into(),
-                format!("bin={}", f.path("app")),
-                format!("cfg={}", f.path("cfg.2.1")),
-            ],
-        )
-    })?;
-    fig.add_run(&run);
-    fig.add_load(&tally);
+    let (run, tally, _) = f.play(
+        fig,
+        "case2-rollout-2.1-crashes",
+        "rollout.yml",
+        &f.release("2.1", "app", "cfg.2.1"),
+    )?;
     expect_failure(&run)?;
     let batches = run.batches();
     ensure!(
@@ -748,20 +758,16 @@ fn case_http_check_fails_in_batch_2(f: &Fleet, fig: &mut Figures) -> Result<()> 
         br#"{"release": "3.0", "unhealthy_on": ["fleet-2"]}"#,
     )?;
     let before = f.untouched(2);
-    let (run, tally, access) = f.under_load(|| {
-        f.ansible.run(
-            "case3-rollout-3.0-unhealthy-on-fleet-2",
-            "rollout.yml",
-            &[
-                "version=3.0".into(),
-                format!("bin={}", f.path("unhealthy-app")),
-                format!("cfg={}", f.path("cfg.3.0")),
-                "baton_http_check_url=http://127.0.0.1:3000/".into(),
-            ],
-        )
-    })?;
-    fig.add_run(&run);
-    fig.add_load(&tally);
+    let (run, tally, access) = f.play(
+        fig,
+        "case3-rollout-3.0-unhealthy-on-fleet-2",
+        "rollout.yml",
+        &[
+            f.release("3.0", "unhealthy-app", "cfg.3.0"),
+            vec!["baton_http_check_url=http://127.0.0.1:3000/".into()],
+        ]
+        .concat(),
+    )?;
     expect_failure(&run)?;
     let batches: Vec<Vec<String>> = run.batches().into_iter().map(|b| b.hosts).collect();
     ensure!(
@@ -831,14 +837,15 @@ fn case_http_check_fails_in_batch_2(f: &Fleet, fig: &mut Figures) -> Result<()> 
 /// the fleet back to 1.0.
 fn case_rollback_policies(f: &Fleet, fig: &mut Figures) -> Result<()> {
     let args = |policy: &str| {
-        vec![
-            "version=3.0".to_owned(),
-            format!("bin={}", f.path("unhealthy-app")),
-            format!("cfg={}", f.path("cfg.3.0")),
-            "baton_http_check_url=http://127.0.0.1:3000/".into(),
-            r#"{"baton_serial": [1, 2]}"#.into(),
-            format!("baton_rollback={policy}"),
+        [
+            f.release("3.0", "unhealthy-app", "cfg.3.0"),
+            vec![
+                "baton_http_check_url=http://127.0.0.1:3000/".into(),
+                r#"{"baton_serial": [1, 2]}"#.into(),
+                format!("baton_rollback={policy}"),
+            ],
         ]
+        .concat()
     };
     let two_batches = |run: &Run| -> Result<()> {
         let batches: Vec<Vec<String>> = run.batches().into_iter().map(|b| b.hosts).collect();
@@ -850,12 +857,7 @@ fn case_rollback_policies(f: &Fleet, fig: &mut Figures) -> Result<()> {
         Ok(())
     };
 
-    let (run, tally, _) = f.under_load(|| {
-        f.ansible
-            .run("case3b-rollback-batch", "rollout.yml", &args("batch"))
-    })?;
-    fig.add_run(&run);
-    fig.add_load(&tally);
+    let (run, tally, _) = f.play(fig, "case3b-rollback-batch", "rollout.yml", &args("batch"))?;
     expect_failure(&run)?;
     two_batches(&run)?;
     f.assert_serves(&[0], "3.0")?;
@@ -873,12 +875,7 @@ fn case_rollback_policies(f: &Fleet, fig: &mut Figures) -> Result<()> {
     )?;
     no_failures("case 3b, rollback=batch", &tally)?;
 
-    let (run, tally, _) = f.under_load(|| {
-        f.ansible
-            .run("case3b-rollback-none", "rollout.yml", &args("none"))
-    })?;
-    fig.add_run(&run);
-    fig.add_load(&tally);
+    let (run, tally, _) = f.play(fig, "case3b-rollback-none", "rollout.yml", &args("none"))?;
     expect_failure(&run)?;
     two_batches(&run)?;
     f.assert_serves(&[0, 2], "3.0")?;
@@ -892,15 +889,12 @@ fn case_rollback_policies(f: &Fleet, fig: &mut Figures) -> Result<()> {
     )?;
     no_failures("case 3b, rollback=none", &tally)?;
 
-    let (run, tally, _) = f.under_load(|| {
-        f.ansible.run(
-            "case3b-rollback-1.0",
-            "rollback.yml",
-            &["version=1.0".into()],
-        )
-    })?;
-    fig.add_run(&run);
-    fig.add_load(&tally);
+    let (run, tally, _) = f.play(
+        fig,
+        "case3b-rollback-1.0",
+        "rollback.yml",
+        &["version=1.0".into()],
+    )?;
     expect_success(&run)?;
     f.assert_serves(&[0, 1, 2], "1.0")?;
     no_failures("case 3b, rollback.yml", &tally)?;
@@ -927,19 +921,16 @@ fn case_bad_artifacts(f: &Fleet, fig: &mut Figures) -> Result<()> {
 
     // 4a. A missing file: refused on the controller.
     let missing = f.path("no-such-app");
-    let (run, tally, _) = f.under_load(|| {
-        f.ansible.run(
-            "case4a-missing-artifact",
-            "rollout.yml",
-            &[
-                "version=3.1".into(),
-                format!("bin={missing}"),
-                format!("cfg={}", f.path("cfg.2.0")),
-            ],
-        )
-    })?;
-    fig.add_run(&run);
-    fig.add_load(&tally);
+    let (run, tally, _) = f.play(
+        fig,
+        "case4a-missing-artifact",
+        "rollout.yml",
+        &[
+            "version=3.1".into(),
+            format!("bin={missing}"),
+            format!("cfg={}", f.path("cfg.2.0")),
+        ],
+    )?;
     expect_failure(&run)?;
     ensure!(
         contains(
@@ -961,20 +952,16 @@ fn case_bad_artifacts(f: &Fleet, fig: &mut Figures) -> Result<()> {
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0xff;
     f.artifact("app-3.1", &bytes)?;
-    let (run, tally, _) = f.under_load(|| {
-        f.ansible.run(
-            "case4b-corrupted-artifact",
-            "rollout.yml",
-            &[
-                "version=3.1".into(),
-                format!("bin={}", f.path("app-3.1")),
-                format!("cfg={}", f.path("cfg.3.1")),
-                format!("sha256sums={}", sums.display()),
-            ],
-        )
-    })?;
-    fig.add_run(&run);
-    fig.add_load(&tally);
+    let (run, tally, _) = f.play(
+        fig,
+        "case4b-corrupted-artifact",
+        "rollout.yml",
+        &[
+            f.release("3.1", "app-3.1", "cfg.3.1"),
+            vec![format!("sha256sums={}", sums.display())],
+        ]
+        .concat(),
+    )?;
     expect_failure(&run)?;
     ensure!(run.batches().len() == 1, "batches: {:?}", run.batches());
     expect_line(
@@ -1001,19 +988,12 @@ fn case_bad_artifacts(f: &Fleet, fig: &mut Figures) -> Result<()> {
 
     // 4c. Release 1.0 again, with another config: refused.
     f.artifact("cfg.1.0-other", br#"{"release": "1.0", "other": true}"#)?;
-    let (run, tally, _) = f.under_load(|| {
-        f.ansible.run(
-            "case4c-same-version-other-build",
-            "rollout.yml",
-            &[
-                "version=1.0".into(),
-                format!("bin={}", f.path("app")),
-                format!("cfg={}", f.path("cfg.1.0-other")),
-            ],
-        )
-    })?;
-    fig.add_run(&run);
-    fig.add_load(&tally);
+    let (run, tally, _) = f.play(
+        fig,
+        "case4c-same-version-other-build",
+        "rollout.yml",
+        &f.release("1.0", "app", "cfg.1.0-other"),
+    )?;
     expect_failure(&run)?;
     expect_line(
         &run,
@@ -1041,11 +1021,7 @@ fn case_host_lost_mid_play(f: &mut Fleet, fig: &mut Figures) -> Result<()> {
     let running = f.ansible.spawn(
         "case5-rollout-4.0-fleet-2-lost",
         "rollout.yml",
-        &[
-            "version=4.0".into(),
-            format!("bin={}", f.path("app")),
-            format!("cfg={}", f.path("cfg.4.0")),
-        ],
+        &f.release("4.0", "app", "cfg.4.0"),
     )?;
     let waited = poll(
         Instant::now() + Duration::from_secs(300),

@@ -8,7 +8,9 @@ use crate::readiness::{CHECK_INTERVAL, CHECK_TIMEOUT, Evidence, Mode};
 use crate::report::status_line;
 use crate::stop::{StopSignal, StopTarget};
 
-fn rel(v: &str) -> Release {
+/// A release named `v`, for the state machine's tests (its files never
+/// exist).
+pub(super) fn rel(v: &str) -> Release {
     Release {
         bin: format!("/r/app.{v}").into(),
         cfg: format!("/r/cfg.{v}").into(),
