@@ -22,6 +22,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
+use testkit::nspawn::{cgroup_dirs, container_init, remove_cgroups};
 
 /// The bridge every host hangs off, in the test's network namespace.
 pub const BRIDGE: &str = "br-fleet";
@@ -293,7 +294,8 @@ impl Host {
         ensure!(self.nspawn.is_none(), "{} is already running", self.name);
         self.boots += 1;
         let cg_name = format!("baton-fleet-{}-{}", std::process::id(), self.name);
-        self.cgroup_dirs = cgroup_dirs(&cg_name)?;
+        self.cgroup_dirs =
+            cgroup_dirs(&cg_name).context("unknown cgroup layout under /sys/fs/cgroup")?;
         for d in &self.cgroup_dirs {
             fs::create_dir_all(d).with_context(|| format!("mkdir {}", d.display()))?;
         }
@@ -397,7 +399,9 @@ impl Host {
             }
         }
         let took = t0.elapsed();
-        remove_cgroups(&self.cgroup_dirs);
+        for why in remove_cgroups(&self.cgroup_dirs) {
+            eprintln!("{}: {why}", self.name);
+        }
         self.cgroup_dirs.clear();
         self.pid1 = 0;
         Ok(took)
@@ -485,89 +489,6 @@ impl Drop for Host {
 }
 
 // ---- cgroups ----
-
-fn cgroup_dirs(name: &str) -> Result<Vec<PathBuf>> {
-    let base = Path::new("/sys/fs/cgroup");
-    if base.join("systemd/cgroup.procs").exists() && base.join("unified/cgroup.procs").exists() {
-        Ok(vec![
-            base.join("systemd").join(name),
-            base.join("unified").join(name),
-        ])
-    } else if base.join("cgroup.controllers").exists() {
-        Ok(vec![base.join(name)])
-    } else {
-        bail!("unknown cgroup layout under /sys/fs/cgroup")
-    }
-}
-
-/// Kills whatever is left in the container's cgroups and removes them,
-/// deepest first.
-fn remove_cgroups(roots: &[PathBuf]) {
-    for root in roots {
-        let mut dirs = Vec::new();
-        collect_dirs(root, &mut dirs);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        for d in dirs.iter().rev() {
-            loop {
-                if let Ok(procs) = fs::read_to_string(d.join("cgroup.procs")) {
-                    for p in procs.split_whitespace().filter_map(|p| p.parse().ok()) {
-                        let _ = nix::sys::signal::kill(
-                            nix::unistd::Pid::from_raw(p),
-                            nix::sys::signal::Signal::SIGKILL,
-                        );
-                    }
-                }
-                match fs::remove_dir(d) {
-                    Ok(()) => break,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
-                    Err(e) if Instant::now() >= deadline => {
-                        eprintln!("cannot remove {}: {e}", d.display());
-                        break;
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
-                }
-            }
-        }
-    }
-}
-
-fn collect_dirs(dir: &Path, out: &mut Vec<PathBuf>) {
-    if !dir.is_dir() {
-        return;
-    }
-    out.push(dir.to_owned());
-    if let Ok(entries) = fs::read_dir(dir) {
-        for e in entries.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                collect_dirs(&e.path(), out);
-            }
-        }
-    }
-}
-
-/// The child of nspawn that is PID 1 in its own pid namespace.
-fn container_init(nspawn: i32) -> Option<i32> {
-    for e in fs::read_dir("/proc").ok()?.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        let Ok(status) = fs::read_to_string(format!("/proc/{pid}/status")) else {
-            continue;
-        };
-        let field = |name: &str| {
-            status
-                .lines()
-                .find(|l| l.starts_with(name))
-                .map(|l| l[name.len()..].split_whitespace().collect::<Vec<_>>())
-        };
-        let ppid = field("PPid:").and_then(|v| v.first()?.parse::<i32>().ok());
-        let nspid = field("NSpid:").unwrap_or_default();
-        if ppid == Some(nspawn) && nspid.len() > 1 && nspid.last() == Some(&"1") {
-            return Some(pid);
-        }
-    }
-    None
-}
 
 /// Polls `check` every 20 ms until it returns Ok or `deadline` passes.
 pub fn poll<T>(

@@ -7,32 +7,25 @@ use std::fs;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use super::boot::{Boot, Cgroups, cgroups};
+use super::boot::Boot;
+use super::cgroup::{cgroup_dirs, container_init, remove_cgroups};
 use crate::TempDir;
 use crate::cmd::{stderr, stdout};
 use crate::http::{self, HttpError, Reply, Timeouts};
 use crate::load::Clients;
-use crate::procs;
-use crate::wait::{child_exit, poll, wait_for};
+use crate::wait::{child_exit, wait_for};
 
 impl Boot {
     /// Boots the container and waits (60 s at most) until its systemd has
     /// finished booting; panics if it cannot. Call
     /// [`cannot_boot`](super::cannot_boot) first.
     pub fn start(self) -> Machine {
-        let layout = cgroups().expect("unknown cgroup layout (see cannot_boot)");
-        let cgroup_dirs: Vec<PathBuf> = match layout {
-            Cgroups::Hybrid => vec![
-                PathBuf::from("/sys/fs/cgroup/systemd").join(&self.name),
-                PathBuf::from("/sys/fs/cgroup/unified").join(&self.name),
-            ],
-            Cgroups::Unified => vec![PathBuf::from("/sys/fs/cgroup").join(&self.name)],
-        };
+        let cgroup_dirs = cgroup_dirs(&self.name).expect("unknown cgroup layout (see cannot_boot)");
         for d in &cgroup_dirs {
             fs::create_dir_all(d).unwrap_or_else(|e| panic!("mkdir {}: {e}", d.display()));
         }
@@ -88,15 +81,6 @@ impl Boot {
         m.netns = Arc::new(netns);
         m
     }
-}
-
-/// The child of nspawn that is PID 1 in its own pid namespace.
-fn container_init(nspawn: i32) -> Option<i32> {
-    procs::children(nspawn).into_iter().find_map(|p| {
-        let st = procs::status(p.pid).ok()?;
-        let nspid = st.words("NSpid");
-        (nspid.len() > 1 && nspid.last() == Some(&"1")).then_some(p.pid)
-    })
 }
 
 /// Moves the calling thread (only it) into the network namespace.
@@ -302,35 +286,8 @@ impl Machine {
     /// Kills whatever is left in the container's cgroups, then removes the
     /// (now empty) trees, deepest first.
     fn remove_cgroups(&self) {
-        for root in &self.cgroup_dirs {
-            let mut dirs = Vec::new();
-            collect_dirs(root, &mut dirs);
-            let deadline = Instant::now() + Duration::from_secs(10);
-            for d in dirs.iter().rev() {
-                let left = deadline.saturating_duration_since(Instant::now());
-                let gone = poll(left, Duration::from_millis(20), || {
-                    if let Ok(procs) = fs::read_to_string(d.join("cgroup.procs")) {
-                        for p in procs.split_whitespace().filter_map(|p| p.parse().ok()) {
-                            let _ = nix::sys::signal::kill(
-                                nix::unistd::Pid::from_raw(p),
-                                nix::sys::signal::Signal::SIGKILL,
-                            );
-                        }
-                    }
-                    match fs::remove_dir(d) {
-                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-                        _ => Ok(()),
-                    }
-                });
-                if let Err(e) = gone {
-                    let _ = writeln!(
-                        std::io::stderr(),
-                        "{}: cannot remove {}: {e}",
-                        self.name,
-                        d.display()
-                    );
-                }
-            }
+        for why in remove_cgroups(&self.cgroup_dirs) {
+            let _ = writeln!(std::io::stderr(), "{}: {why}", self.name);
         }
     }
 }
@@ -351,19 +308,5 @@ impl Drop for Machine {
         self.remove_cgroups();
         let _ = fs::remove_dir_all(format!("/run/systemd/nspawn/propagate/{}", self.name));
         // The work dir goes with the field, after this.
-    }
-}
-
-fn collect_dirs(dir: &Path, out: &mut Vec<PathBuf>) {
-    if !dir.is_dir() {
-        return;
-    }
-    out.push(dir.to_owned());
-    if let Ok(entries) = fs::read_dir(dir) {
-        for e in entries.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                collect_dirs(&e.path(), out);
-            }
-        }
     }
 }

@@ -15,7 +15,9 @@
 //! layout), so that a test can skip instead.
 
 mod boot;
+mod cgroup;
 mod machine;
 
 pub use boot::{Bind, Boot, Network, cannot_boot, machine_name};
+pub use cgroup::{cgroup_dirs, container_init, remove_cgroups};
 pub use machine::Machine;
