@@ -70,6 +70,32 @@ fn a_stale_child_never_signals_a_recycled_pid() {
     }
 }
 
+/// The environment a generation of `release` gets with `listeners` and
+/// baton's own environment `inherited`.
+fn environment_of(
+    release: &Release,
+    listeners: &[RawFd],
+    inherited: &[(&str, &str)],
+) -> Vec<String> {
+    let env: Vec<(OsString, OsString)> = inherited
+        .iter()
+        .map(|(k, v)| (OsString::from(k), OsString::from(v)))
+        .collect();
+    let spec = Spec {
+        release,
+        listeners,
+        fdnames: None,
+        notify_socket: Path::new("/run/app/notify.sock"),
+        env: &env,
+        cwd: Path::new("/"),
+    };
+    environment(&spec)
+        .unwrap()
+        .into_iter()
+        .map(|c| c.into_string().unwrap())
+        .collect()
+}
+
 #[test]
 fn a_generation_never_inherits_variables_meant_for_baton() {
     let release = Release {
@@ -77,31 +103,19 @@ fn a_generation_never_inherits_variables_meant_for_baton() {
         cfg: "/r/cfg.1.0".into(),
         ..Default::default()
     };
-    let env: Vec<(OsString, OsString)> = [
-        ("PATH", "/usr/bin"),
-        ("NOTIFY_SOCKET", "/run/systemd/notify"),
-        ("LISTEN_FDS", "9"),
-        ("LISTEN_PID", "1"),
-        ("LISTEN_FDNAMES", "other"),
-        ("WATCHDOG_USEC", "1000"),
-        ("LANG", "C.UTF-8"),
-    ]
-    .iter()
-    .map(|(k, v)| (OsString::from(k), OsString::from(v)))
-    .collect();
-    let spec = Spec {
-        release: &release,
-        listeners: &[3, 4],
-        fdnames: None,
-        notify_socket: Path::new("/run/app/notify.sock"),
-        env: &env,
-        cwd: Path::new("/"),
-    };
-    let got: Vec<String> = environment(&spec)
-        .unwrap()
-        .into_iter()
-        .map(|c| c.into_string().unwrap())
-        .collect();
+    let got = environment_of(
+        &release,
+        &[3, 4],
+        &[
+            ("PATH", "/usr/bin"),
+            ("NOTIFY_SOCKET", "/run/systemd/notify"),
+            ("LISTEN_FDS", "9"),
+            ("LISTEN_PID", "1"),
+            ("LISTEN_FDNAMES", "other"),
+            ("WATCHDOG_USEC", "1000"),
+            ("LANG", "C.UTF-8"),
+        ],
+    );
     assert_eq!(
         got,
         [
@@ -124,27 +138,15 @@ fn a_releases_own_variables_replace_inherited_ones_and_never_baton_s() {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    let env: Vec<(OsString, OsString)> = [
-        ("PATH", "/usr/bin"),
-        ("NOTIFY_SOCKET", "/run/systemd/notify"),
-        ("LANG", "C.UTF-8"),
-    ]
-    .iter()
-    .map(|(k, v)| (OsString::from(k), OsString::from(v)))
-    .collect();
-    let spec = Spec {
-        release: &release,
-        listeners: &[3],
-        fdnames: None,
-        notify_socket: Path::new("/run/app/notify.sock"),
-        env: &env,
-        cwd: Path::new("/"),
-    };
-    let got: Vec<String> = environment(&spec)
-        .unwrap()
-        .into_iter()
-        .map(|c| c.into_string().unwrap())
-        .collect();
+    let got = environment_of(
+        &release,
+        &[3],
+        &[
+            ("PATH", "/usr/bin"),
+            ("NOTIFY_SOCKET", "/run/systemd/notify"),
+            ("LANG", "C.UTF-8"),
+        ],
+    );
     assert_eq!(
         got,
         [
