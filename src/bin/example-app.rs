@@ -38,6 +38,17 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+/// One log line to stderr in one write(2): the leader, its workers and baton
+/// share the pipe, and `eprintln!` on unbuffered stderr writes a formatted
+/// line in pieces, which interleave with another process's pieces. A write of
+/// up to PIPE_BUF bytes to a pipe is atomic.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let line = format!("{}\n", format_args!($($arg)*));
+        let _ = std::io::stderr().write_all(line.as_bytes());
+    }};
+}
+
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal, sigaction};
 use serde::Deserialize;
 
@@ -118,7 +129,7 @@ fn main() {
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
         }
         let sig = set.wait().expect("sigwait");
-        eprintln!(
+        say!(
             "example-app worker[{}]: received {sig}; exiting",
             std::process::id()
         );
@@ -179,7 +190,7 @@ fn main() {
     if listeners.is_empty() {
         fail("no listening socket: LISTEN_FDS/LISTEN_PID not set for this process");
     }
-    eprintln!(
+    say!(
         "example-app[{pid}] release {release}: serving {} socket(s)",
         listeners.len()
     );
@@ -189,7 +200,7 @@ fn main() {
         let _ = sd_notify::notify(&[sd_notify::NotifyState::ExtendTimeoutUsec(usec)]);
     }
     if let Some(code) = cfg.exit_before_ready {
-        eprintln!(
+        say!(
             "example-app[{pid}] release {release}: exiting with {code} before READY (as configured)"
         );
         std::process::exit(code);
@@ -264,9 +275,7 @@ fn main() {
         let release = release.clone();
         std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(ms));
-            eprintln!(
-                "example-app[{pid}] release {release}: crashing after {ms} ms (as configured)"
-            );
+            say!("example-app[{pid}] release {release}: crashing after {ms} ms (as configured)");
             std::process::exit(3);
         });
     }
@@ -274,16 +283,16 @@ fn main() {
     loop {
         let sig = term.wait().expect("sigwait");
         if cfg.ignore_sigterm && sig == Signal::SIGTERM {
-            eprintln!("example-app[{pid}]: ignoring SIGTERM (as configured)");
+            say!("example-app[{pid}]: ignoring SIGTERM (as configured)");
             continue;
         }
         if exit_on.contains(&sig) {
-            eprintln!(
+            say!(
                 "example-app[{pid}] release {release}: received {sig}; exiting at once, dropping what is in flight"
             );
             std::process::exit(0);
         }
-        eprintln!("example-app[{pid}] release {release}: received {sig}; draining");
+        say!("example-app[{pid}] release {release}: received {sig}; draining");
         break;
     }
     let t = Instant::now();
@@ -310,7 +319,7 @@ fn main() {
     {
         std::thread::sleep(Duration::from_millis(10));
     }
-    eprintln!(
+    say!(
         "example-app[{pid}] release {release}: drained in {} ms after {} connection(s); exiting",
         t.elapsed().as_millis(),
         accepted.load(Ordering::SeqCst)
@@ -318,7 +327,7 @@ fn main() {
 }
 
 fn fail(msg: &str) -> ! {
-    eprintln!("example-app: {msg}");
+    say!("example-app: {msg}");
     std::process::exit(1);
 }
 
@@ -356,7 +365,7 @@ fn accept_loop(
                     continue;
                 }
                 _ => {
-                    eprintln!("example-app: accept: {e}");
+                    say!("example-app: accept: {e}");
                     std::thread::sleep(Duration::from_millis(10));
                     continue;
                 }
