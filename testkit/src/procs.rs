@@ -83,6 +83,17 @@ pub fn fd_count(pid: i32) -> usize {
         .unwrap_or(0)
 }
 
+/// What each of `pid`'s fds points at (`socket:[1234]`, a path, ...); empty
+/// if it is gone.
+pub fn fd_targets(pid: i32) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .map(|t| t.display().to_string())
+        .collect()
+}
+
 /// /proc/PID/status, read once.
 pub struct Status(pub String);
 

@@ -264,7 +264,6 @@ fn orphaned_grandchildren_are_reaped() {
     rig.wait("orphans gone, none a zombie", || {
         workers.iter().all(|w| !alive(*w))
     });
-    std::thread::sleep(Duration::from_millis(50)); // not asserted on: lets /proc settle
     rig.assert_children(1);
 }
 

@@ -935,22 +935,35 @@ fn three_generations_draining_at_once_each_finish_on_their_own_deadline() {
     rig.wait_line(&[&format!("generation 1 (pid {first}) exec'd")]);
     let baton = rig.baton_pid();
     let fds_before = fd_count(baton);
+    // The listening socket, as /proc names it.
+    let listener = std::fs::read_link(format!("/proc/{baton}/fd/3"))
+        .unwrap()
+        .display()
+        .to_string();
     let load = Load::start(rig.port, 2);
     let port = rig.port;
     let slow = |ms: u64| std::thread::spawn(move || http_get(port, &format!("/slow?ms={ms}")));
     let mut held = vec![];
     // 1.0 holds one request longer than --stop-timeout, and one shorter.
     let idle = fd_count(first);
-    held.push(("1.0", first, slow(20_000)));
-    held.push(("1.0", first, slow(2_500)));
+    held.push(("1.0", first, 2_500, slow(20_000)));
+    held.push(("1.0", first, 2_500, slow(2_500)));
     rig.wait("1.0 to hold both", || fd_count(first) >= idle + 2);
     let mut pids = vec![first];
     for (v, g) in [("2.0", 2), ("3.0", 3)] {
         rig.point(v);
         let pid = rig.wait_live(v);
         rig.wait_line(&[&format!("generation {g} (pid {pid}) exec'd")]);
+        // The generation it replaced takes connections until it has left
+        // accept() and closed its copy of the socket; then only `v` does.
+        let before = *pids.last().unwrap();
+        rig.wait(&format!("pid {before} to stop accepting"), || {
+            !fd_targets(before).contains(&listener)
+        });
+        // Long enough to still be in flight when the next two rollouts
+        // are done, on a loaded machine too; shorter than --stop-timeout.
         let idle = fd_count(pid);
-        held.push((v, pid, slow(2_500)));
+        held.push((v, pid, 4_000, slow(4_000)));
         rig.wait(&format!("{v} to hold its request"), || fd_count(pid) > idle);
         pids.push(pid);
     }
@@ -967,11 +980,11 @@ fn three_generations_draining_at_once_each_finish_on_their_own_deadline() {
                 == 3
         })
     });
-    for (v, pid, h) in held {
+    for (v, pid, ms, h) in held {
         let r = h.join().unwrap();
         match r {
             Ok((200, body)) => assert!(
-                body.starts_with(&format!("release {v} pid {pid} slept 2500 ms")),
+                body.starts_with(&format!("release {v} pid {pid} slept {ms} ms")),
                 "{body}"
             ),
             Ok(other) => panic!("{other:?}"),

@@ -169,13 +169,8 @@ fn a_generation_gets_the_socket_its_pid_and_nothing_else() {
 
 #[test]
 fn in_flight_requests_finish_on_the_old_generation() {
-    let (rig, _) = serving("inflight", "", "", &[]);
-    let port = rig.port;
-    let slow = std::thread::spawn(move || http_get(port, "/slow?ms=1500"));
-    rig.wait("the slow request to be in flight", || {
-        rig.log().contains("generation 1") && rig.serving().is_some()
-    });
-    std::thread::sleep(Duration::from_millis(100)); // let it reach the app before the flip (not asserted on)
+    let (rig, one) = serving("inflight", "", "", &[]);
+    let slow = slow_request_on(&rig, one, 1500);
     rig.point("2.0");
     rig.wait_live("2.0");
     let (code, body) = slow
@@ -222,9 +217,7 @@ fn sighup_rolls_a_fresh_generation_of_the_same_release() {
 #[test]
 fn sigterm_drains_every_generation_and_exits_zero() {
     let (mut rig, pid) = serving("term", "", "", &[]);
-    let port = rig.port;
-    let slow = std::thread::spawn(move || http_get(port, "/slow?ms=1000"));
-    std::thread::sleep(Duration::from_millis(200)); // let the request reach the app (not asserted on)
+    let slow = slow_request_on(&rig, pid, 1000);
     rig.signal(Signal::SIGTERM);
     let status = rig.wait_exit();
     assert_eq!(status.code(), Some(0), "{}", rig.log());

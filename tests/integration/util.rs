@@ -34,7 +34,7 @@ pub use testkit::TempDir;
 pub use testkit::clock::log_time;
 pub use testkit::http::release_pid as parse_hello;
 pub use testkit::load::Load;
-pub use testkit::procs::{Proc, alive, descendants, fd_count, procs, status_num};
+pub use testkit::procs::{Proc, alive, descendants, fd_count, fd_targets, procs, status_num};
 pub use testkit::wait::wait_until;
 
 pub const BATON: &str = env!("CARGO_BIN_EXE_baton");
