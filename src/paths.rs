@@ -21,6 +21,7 @@ use std::path::{Component, Path, PathBuf};
 use anyhow::{Context, Result};
 
 pub const STATE_FILE: &str = "baton.state";
+pub const HISTORY_FILE: &str = "baton.history";
 pub const LOCK_FILE: &str = "baton.lock";
 /// Links in the app dir to the live release's files.
 pub const BIN_LINK: &str = "app.bin";
@@ -62,6 +63,10 @@ impl AppPaths {
 
     pub fn state_file(&self) -> PathBuf {
         self.app_dir.join(STATE_FILE)
+    }
+
+    pub fn history_file(&self) -> PathBuf {
+        self.app_dir.join(HISTORY_FILE)
     }
 
     pub fn lock_file(&self) -> PathBuf {

@@ -1,5 +1,6 @@
 //! What baton says about itself, rendered from the state machine: the
-//! STATUS= line systemd shows and the state file the operator commands read.
+//! STATUS= line systemd shows, and the state file and the history file the
+//! operator commands read.
 
 use std::path::Path;
 use std::time::SystemTime;
@@ -9,8 +10,8 @@ use crate::config::Release;
 use crate::core::history::{Note, Outcome, RolloutRecord};
 use crate::core::{Core, Generation};
 use crate::state::{
-    GenerationInfo, HeldBackInfo, ReleaseInfo, ReplacedInfo, RollbackInfo, RolloutInfo,
-    RolloutResult, State, UpgradeInfo,
+    GenerationInfo, HeldBackInfo, HistoryFile, ReleaseInfo, ReplacedInfo, RollbackInfo,
+    RolloutInfo, RolloutResult, State, UpgradeInfo,
 };
 
 /// baton's STATUS= line: what serves (release, pid, generation) and the
@@ -128,10 +129,17 @@ pub fn state(core: &Core, d: &Daemon) -> State {
             after_secs: b.after.as_secs_f64(),
             at: unix(b.at),
         }),
-        history: core.rollouts().map(rollout_info).collect(),
         restarts: core.restarts(),
         stopping: d.stopping,
         last_upgrade: d.last_upgrade.cloned(),
+    }
+}
+
+/// The history file's content.
+pub fn history(core: &Core) -> HistoryFile {
+    HistoryFile {
+        pid: std::process::id(),
+        history: core.rollouts().map(rollout_info).collect(),
     }
 }
 

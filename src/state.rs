@@ -1,8 +1,11 @@
-//! baton's state file: the schema the daemon writes and the operator
-//! commands read, and how it is written and locked.
+//! baton's state file and history file: the schema the daemon writes and
+//! the operator commands read, and how they are written and locked.
 //!
 //! Written atomically (temporary file + rename) to `<app-dir>/baton.state`
-//! whenever it changes, never on a timer. `baton status`, `baton reload` and
+//! whenever the state changes, never on a timer; the history of rollouts
+//! (`baton history`) goes to `<app-dir>/baton.history`, written only when
+//! a rollout begins or ends, so that the state file, rewritten on every
+//! change, stays small ([`writer`]). `baton status`, `baton reload` and
 //! `baton switch --wait` read it; they tell whether baton runs from
 //! `<app-dir>/baton.lock`, which a running baton holds an exclusive flock on
 //! (a stale pid cannot fool that, and a second baton on the same app dir is
@@ -12,13 +15,15 @@
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
-use crate::paths::{LOCK_FILE, STATE_FILE};
+use crate::paths::{HISTORY_FILE, LOCK_FILE, STATE_FILE};
+
+mod writer;
+pub use writer::Writer;
 
 /// Why a generation was started, or a rollout begun.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -217,11 +222,6 @@ pub struct State {
     pub held_back: Option<HeldBackInfo>,
     pub last_rollout: Option<RolloutInfo>,
     pub last_rollback: Option<RollbackInfo>,
-    /// The last rollouts, oldest first, this baton's and those of the
-    /// batons before it on this app dir (bounded; see
-    /// [`crate::core::history::HISTORY_LEN`]).
-    #[serde(default)]
-    pub history: Vec<RolloutInfo>,
     pub restarts: u64,
     pub stopping: bool,
     #[serde(default)]
@@ -236,11 +236,12 @@ impl State {
     }
 }
 
-/// What outlives the baton that wrote the state file: what a new baton
-/// takes over from the one before it (see [`crate::core::recovery`]), and
-/// what `baton history` shows whether or not baton runs. Read leniently:
-/// every field may be missing and unknown ones are ignored, so that the
-/// state file of an older or a newer baton still yields what it has.
+/// What outlives the baton that wrote the state file and the history
+/// file: what a new baton takes over from the one before it (see
+/// [`crate::core::recovery`]), and what `baton history` shows whether or
+/// not baton runs. Read leniently: every field may be missing and unknown
+/// ones are ignored, so that the files of an older or a newer baton still
+/// yield what they have.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
 pub struct Carried {
@@ -249,6 +250,7 @@ pub struct Carried {
     pub config: Option<PathBuf>,
     pub last_known_good: Option<ReleaseInfo>,
     pub held_back: Option<HeldBackInfo>,
+    /// The rollouts kept (see [`Carried::read`]).
     pub history: Vec<RolloutInfo>,
     /// Its generations (each read on its own, so that one this baton
     /// cannot read costs nothing else; see [`Carried::generations`]), and
@@ -257,6 +259,9 @@ pub struct Carried {
     #[serde(rename = "generations")]
     pub raw_generations: Vec<serde_json::Value>,
     pub boot_id: Option<String>,
+    /// Why the history file (which exists) could not be read.
+    #[serde(skip)]
+    pub history_unreadable: Option<String>,
 }
 
 impl Carried {
@@ -268,149 +273,63 @@ impl Carried {
             .collect()
     }
 
+    /// The state file, with the history from the history file or, from a
+    /// baton before there was one, from the state file: whichever has the
+    /// newer rollout. Fails only when neither can be read (a baton that
+    /// could not write its state file may still have left its history).
     pub fn read(app_dir: &Path) -> Result<Carried> {
         let path = app_dir.join(STATE_FILE);
-        let text = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        serde_json::from_slice(&text).with_context(|| format!("parsing {}", path.display()))
-    }
-}
-
-/// Writes the state file when its content changed.
-///
-/// A write can fail: the app dir full, turned read-only, the file replaced
-/// by a directory. baton serves on regardless (nothing about serving
-/// needs the file), but a state file left as it was would tell `baton
-/// status` and `baton switch --wait` a state that is no longer true. So
-/// on a failure the partial temporary file and the stale state file are
-/// removed where that is possible, one error line says why (once per
-/// reason, not once per change), the reason is returned for STATUS=, and
-/// the write is retried on every change and on a backoff (see
-/// [`StateWriter::retry_at`]) until it works again, which is logged too.
-pub struct StateWriter {
-    path: PathBuf,
-    tmp: PathBuf,
-    /// What was last written, or last tried while writes fail.
-    last: Vec<u8>,
-    /// While writes fail: why, and when to try again.
-    failing: Option<Failing>,
-    /// Said already that the file system is full (while it stays so).
-    full_warned: bool,
-}
-
-struct Failing {
-    reason: String,
-    retry_at: Instant,
-    backoff: Duration,
-}
-
-/// The first retry of a failed write, doubled up to [`RETRY_MAX`].
-const RETRY_FIRST: Duration = Duration::from_secs(1);
-const RETRY_MAX: Duration = Duration::from_secs(8);
-
-impl StateWriter {
-    pub fn new(app_dir: &Path) -> StateWriter {
-        StateWriter {
-            path: app_dir.join(STATE_FILE),
-            tmp: app_dir.join(".baton.state.tmp"),
-            last: Vec::new(),
-            failing: None,
-            full_warned: false,
-        }
-    }
-
-    /// Writes `state` if it changed since the last successful write (or
-    /// writes are failing). Returns why writing fails, while it does.
-    pub fn write(&mut self, state: &State, now: Instant) -> Option<&str> {
-        let Ok(mut text) = serde_json::to_vec_pretty(state) else {
-            return self.failing();
+        let state = std::fs::read(&path)
+            .with_context(|| format!("reading {}", path.display()))
+            .and_then(|text| {
+                serde_json::from_slice::<Carried>(&text)
+                    .with_context(|| format!("parsing {}", path.display()))
+            });
+        let history = HistoryFile::read(app_dir);
+        let mut carried = match (state, &history) {
+            (Ok(c), _) => c,
+            (Err(_), Ok(Some(_))) => Carried::default(),
+            (Err(e), _) => return Err(e),
         };
-        text.push(b'\n');
-        // Unchanged: nothing to do, unless a failed write is due again.
-        if text == self.last && self.failing.as_ref().is_none_or(|f| now < f.retry_at) {
-            return self.failing();
-        }
-        let attempt = |w: &StateWriter| {
-            std::fs::write(&w.tmp, &text).and_then(|()| std::fs::rename(&w.tmp, &w.path))
-        };
-        let mut r = attempt(self);
-        let full = r.as_ref().err().and_then(|e| {
-            matches!(
-                e.raw_os_error(),
-                Some(nix::libc::ENOSPC | nix::libc::EDQUOT)
-            )
-            .then(|| e.to_string())
-        });
-        if let Some(e) = full
-            && self.path.is_file()
-        {
-            // A full file system has no room for the new state beside the
-            // old one; the old one's room may do. Readers find no state
-            // file for that moment, never a stale one.
-            let _ = std::fs::remove_file(&self.tmp);
-            let _ = std::fs::remove_file(&self.path);
-            r = attempt(self);
-            if r.is_ok() && !self.full_warned {
-                self.full_warned = true;
-                log::warn!(
-                    "{}: no room for the new state beside the old one ({e}); wrote it in the old one's place",
-                    self.path.display()
-                );
-            }
-        } else if r.is_ok() {
-            self.full_warned = false;
-        }
-        match r {
-            Ok(()) => {
-                self.last = text;
-                if let Some(f) = self.failing.take() {
-                    log::info!(
-                        "wrote {} again (it could not be written: {})",
-                        self.path.display(),
-                        f.reason
-                    );
+        match history {
+            Ok(Some(h)) => {
+                let newest = |r: &[RolloutInfo]| r.last().map(|r| r.seq);
+                if newest(&h.history) >= newest(&carried.history) {
+                    if carried.pid == 0 {
+                        carried.pid = h.pid;
+                    }
+                    carried.history = h.history;
                 }
             }
-            Err(e) => {
-                let _ = std::fs::remove_file(&self.tmp);
-                let reason = e.to_string();
-                let backoff = self
-                    .failing
-                    .as_ref()
-                    .map_or(RETRY_FIRST, |f| (f.backoff * 2).min(RETRY_MAX));
-                if self.failing.as_ref().is_none_or(|f| f.reason != reason) {
-                    // What a reader finds instead of the new state: nothing,
-                    // or (if even that cannot be done) the old state.
-                    let stale = match std::fs::remove_file(&self.path) {
-                        Ok(()) => "removed the old one, so that `baton status` reports no state rather than a stale one".to_owned(),
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "there is none".to_owned(),
-                        Err(e) => format!(
-                            "the old one cannot be removed either ({e}): `baton status` and `baton switch --wait` read a stale state until this is fixed"
-                        ),
-                    };
-                    log::error!(
-                        "cannot write {}: {reason}; {stale}; serving on, retrying",
-                        self.path.display()
-                    );
-                }
-                self.last = text;
-                self.failing = Some(Failing {
-                    reason,
-                    retry_at: now + backoff,
-                    backoff,
-                });
-            }
+            Ok(None) => {}
+            Err(e) => carried.history_unreadable = Some(format!("{e:#}")),
         }
-        self.failing()
+        Ok(carried)
     }
+}
 
-    /// Why writing the state file fails, while it does.
-    pub fn failing(&self) -> Option<&str> {
-        self.failing.as_ref().map(|f| f.reason.as_str())
-    }
+/// `<app-dir>/baton.history`: the rollouts baton keeps (see
+/// [`crate::core::history::HISTORY_LEN`]), this baton's and those of the
+/// batons before it on the app dir, oldest first.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HistoryFile {
+    /// The baton that wrote it.
+    pub pid: u32,
+    pub history: Vec<RolloutInfo>,
+}
 
-    /// When to try a failed write again, even if nothing changed.
-    pub fn retry_at(&self) -> Option<Instant> {
-        self.failing.as_ref().map(|f| f.retry_at)
+impl HistoryFile {
+    /// None when there is no history file.
+    pub fn read(app_dir: &Path) -> Result<Option<HistoryFile>> {
+        let path = app_dir.join(HISTORY_FILE);
+        let text = match std::fs::read(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        serde_json::from_slice(&text)
+            .map(Some)
+            .with_context(|| format!("parsing {}", path.display()))
     }
 }
 
@@ -489,66 +408,61 @@ pub fn is_running(app_dir: &Path) -> bool {
 mod tests {
     use super::*;
 
-    fn tiny_state() -> State {
-        serde_json::from_value(serde_json::json!({
-            "pid": 1, "config": "/c", "app_dir": "/a", "started_at": 0.0,
-            "status": "serving", "serving": null, "generations": [],
-            "last_known_good": null, "last_rollout": null,
-            "last_rollback": null, "restarts": 0, "stopping": false
-        }))
-        .unwrap()
+    fn entry(seq: u64) -> serde_json::Value {
+        serde_json::json!({
+            "seq": seq, "release": null, "generation": null, "trigger": "edit",
+            "result": "succeeded", "reason": null, "started_at": 0.0,
+            "finished_at": null, "replaced": null, "attempts": 1, "baton_pid": 7
+        })
     }
 
-    /// A state file that cannot be written is an error once, not once per
-    /// change; it is retried on a backoff, and when it works again the
-    /// file is current.
-    #[test]
-    fn a_failing_state_file_is_reported_once_and_retried_until_written() {
-        let dir = std::env::temp_dir().join(format!("baton-state-w-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(dir.join(STATE_FILE)).unwrap();
-        let mut w = StateWriter::new(&dir);
-        let t0 = Instant::now();
-        let mut st = tiny_state();
-        let why = w.write(&st, t0).map(str::to_owned);
-        assert!(
-            why.as_deref().is_some_and(|w| w.contains("directory")),
-            "{why:?}"
-        );
-        assert_eq!(w.retry_at(), Some(t0 + RETRY_FIRST));
-        assert!(
-            !dir.join(".baton.state.tmp").exists(),
-            "no partial file left"
-        );
-        // Unchanged and not due: not tried again.
-        assert_eq!(w.write(&st, t0).map(str::to_owned), why);
-        assert_eq!(w.retry_at(), Some(t0 + RETRY_FIRST));
-        // Changed: tried at once; the backoff grows.
-        st.status = "changed".into();
-        w.write(&st, t0);
-        assert_eq!(w.retry_at(), Some(t0 + RETRY_FIRST * 2));
-        std::fs::remove_dir(dir.join(STATE_FILE)).unwrap();
-        assert_eq!(w.write(&st, t0 + RETRY_FIRST * 2), None, "due: written");
-        assert_eq!(State::read(&dir).unwrap().status, "changed");
-        assert_eq!(w.retry_at(), None);
-        std::fs::remove_dir_all(&dir).unwrap();
+    fn seqs(c: &Carried) -> Vec<u64> {
+        c.history.iter().map(|r| r.seq).collect()
     }
 
-    /// No room on the file system (ENOSPC, here from /dev/full) for the
-    /// new state beside the old: written in the old one's place.
+    /// The history comes from the history file; from the state file of a
+    /// baton before there was one; from whichever has the newer rollout
+    /// when both have one; from the history file alone when the state file
+    /// is gone; and a history file that cannot be parsed is said.
     #[test]
-    fn a_full_file_system_gets_the_new_state_in_the_old_ones_place() {
-        let dir = std::env::temp_dir().join(format!("baton-state-full-{}", std::process::id()));
+    fn the_history_is_read_from_the_history_file_or_an_older_state_file() {
+        let dir = std::env::temp_dir().join(format!("baton-state-h-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let mut w = StateWriter::new(&dir);
-        let mut st = tiny_state();
-        assert_eq!(w.write(&st, Instant::now()), None);
-        std::os::unix::fs::symlink("/dev/full", dir.join(".baton.state.tmp")).unwrap();
-        st.status = "new".into();
-        assert_eq!(w.write(&st, Instant::now()), None);
-        assert_eq!(State::read(&dir).unwrap().status, "new");
-        assert!(w.full_warned);
+        let write = |name: &str, v: serde_json::Value| {
+            std::fs::write(dir.join(name), serde_json::to_vec(&v).unwrap()).unwrap()
+        };
+        let state = |history: Vec<serde_json::Value>| serde_json::json!({"pid": 11, "config": "/c", "history": history});
+        assert!(Carried::read(&dir).is_err(), "neither file");
+        write(STATE_FILE, state(vec![entry(1), entry(2)]));
+        assert_eq!(
+            seqs(&Carried::read(&dir).unwrap()),
+            [1, 2],
+            "an older baton's"
+        );
+        write(
+            HISTORY_FILE,
+            serde_json::json!({"pid": 12, "history": [entry(2), entry(3)]}),
+        );
+        write(STATE_FILE, state(vec![]));
+        let c = Carried::read(&dir).unwrap();
+        assert_eq!((seqs(&c), c.pid), (vec![2, 3], 11));
+        write(STATE_FILE, state(vec![entry(4)]));
+        assert_eq!(seqs(&Carried::read(&dir).unwrap()), [4], "the newer one");
+        std::fs::remove_file(dir.join(STATE_FILE)).unwrap();
+        let c = Carried::read(&dir).unwrap();
+        assert_eq!((seqs(&c), c.pid, c.config), (vec![2, 3], 12, None));
+        write(STATE_FILE, state(vec![]));
+        std::fs::write(dir.join(HISTORY_FILE), "{").unwrap();
+        let c = Carried::read(&dir).unwrap();
+        assert!(c.history.is_empty());
+        assert!(
+            c.history_unreadable
+                .as_deref()
+                .is_some_and(|e| e.contains("parsing") && e.contains(HISTORY_FILE)),
+            "{:?}",
+            c.history_unreadable
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -11,8 +11,8 @@
 //! consecutive restarts of the same release fold into the latest, with a
 //! count of attempts.
 //!
-//! The history outlives the baton that kept it. The state file carries it,
-//! and a new baton on the same app dir takes it over ([`History::carry`])
+//! The history outlives the baton that kept it. The history file carries
+//! it, and a new baton on the same app dir takes it over ([`History::carry`])
 //! before it does anything, numbering on from it, each entry naming the
 //! baton (pid) that ran it: the question "what served when" matters most
 //! across a restart, a reboot or an upgrade, and a history that started
@@ -28,14 +28,12 @@ use crate::config::Release;
 use crate::core::lifecycle::GenId;
 use crate::state::Trigger;
 
-/// How many rollouts the history keeps. The state file carries them all; it
-/// is rewritten whole on every change, and `baton status` and `switch
-/// --wait` read it at each of those changes. 100 entries are about 47 KiB
-/// of JSON with paths like `/srv/app/release/app.2.0` (some 470 bytes
-/// each): enough for months of daily deploys, or the last hundred moves of
-/// a busy day, while the file stays small enough to rewrite and reread on
-/// every change. A restart loop takes one entry, so it cannot push the
-/// deploys out.
+/// How many rollouts the history keeps. The history file carries them all;
+/// it is rewritten whole when a rollout begins or ends (not on every change
+/// of state, as the state file is). 100 entries are about 47 KiB of JSON
+/// with paths like `/srv/app/release/app.2.0` (some 470 bytes each):
+/// enough for months of daily deploys, or the last hundred moves of a busy
+/// day. A restart loop takes one entry, so it cannot push the deploys out.
 pub const HISTORY_LEN: usize = 100;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -114,6 +112,10 @@ pub struct History {
     /// The serving generation that died last and has not been replaced
     /// yet: what the next restart, rollback or rollout replaces.
     died: Option<Replaced>,
+    /// Moves with every change to `rollouts`, so that the history file is
+    /// written when they changed and not on every change of state.
+    #[serde(skip)]
+    revision: u64,
 }
 
 impl History {
@@ -128,7 +130,19 @@ impl History {
     }
 
     fn last_rollout_mut(&mut self) -> Option<&mut RolloutRecord> {
-        self.rollouts.iter_mut().rev().find(|r| r.asked_for())
+        self.rollouts_mut().iter_mut().rev().find(|r| r.asked_for())
+    }
+
+    /// The only way to change the rollouts: it moves the revision.
+    fn rollouts_mut(&mut self) -> &mut VecDeque<RolloutRecord> {
+        self.revision += 1;
+        &mut self.rollouts
+    }
+
+    /// A number that differs whenever the rollouts differ (within one
+    /// image of baton; it starts again after an upgrade).
+    pub fn revision(&self) -> u64 {
+        self.revision
     }
 
     pub fn last_rollback(&self) -> Option<&Rollback> {
@@ -136,9 +150,10 @@ impl History {
     }
 
     fn push(&mut self, record: RolloutRecord) {
-        self.rollouts.push_back(record);
-        while self.rollouts.len() > HISTORY_LEN {
-            self.rollouts.pop_front();
+        let rollouts = self.rollouts_mut();
+        rollouts.push_back(record);
+        while rollouts.len() > HISTORY_LEN {
+            rollouts.pop_front();
         }
     }
 
@@ -177,7 +192,7 @@ impl History {
         wall: SystemTime,
     ) {
         let replaced = self.died.take();
-        if let Some(r) = self.rollouts.back_mut().filter(|r| {
+        if let Some(r) = self.rollouts_mut().back_mut().filter(|r| {
             trigger == Trigger::Restart
                 && r.trigger == Trigger::Restart
                 && r.baton.is_none()
@@ -222,7 +237,7 @@ impl History {
     /// Ends the rollout that started generation `id`, if it is in progress.
     pub fn finish_generation(&mut self, id: GenId, outcome: Outcome, wall: SystemTime) {
         if let Some(r) = self
-            .rollouts
+            .rollouts_mut()
             .iter_mut()
             .rev()
             .find(|r| r.baton.is_none() && r.generation == Some(id))
@@ -246,7 +261,7 @@ impl History {
     pub fn went_live(&mut self, id: GenId, old: Option<Replaced>, wall: SystemTime) {
         let replaced = old.or_else(|| self.died.take());
         if let Some(r) = self
-            .rollouts
+            .rollouts_mut()
             .iter_mut()
             .rev()
             .find(|r| r.baton.is_none() && r.generation == Some(id))
@@ -330,7 +345,7 @@ impl History {
                 }
                 r
             })
-            .chain(self.rollouts.drain(..))
+            .chain(self.rollouts_mut().drain(..))
             .collect();
         while carried.len() > HISTORY_LEN {
             carried.pop_front();
@@ -338,7 +353,7 @@ impl History {
         self.seq = self
             .seq
             .max(carried.iter().map(|r| r.seq).max().unwrap_or(0));
-        self.rollouts = carried;
+        *self.rollouts_mut() = carried;
     }
 }
 
@@ -365,6 +380,34 @@ mod tests {
         h.begin(None, None, Trigger::Edit, at(3));
         assert_eq!(h.last_rollout().unwrap().seq, 2);
         assert!(h.rollout_of(1).is_none(), "only the last rollout");
+    }
+
+    #[test]
+    fn the_revision_moves_with_the_rollouts_and_only_with_them() {
+        let mut h = History::default();
+        let mut last = h.revision();
+        let mut moved = |h: &History| {
+            let m = h.revision() != last;
+            last = h.revision();
+            m
+        };
+        h.begin(Some(rel("2.0")), Some(2), Trigger::Edit, at(0));
+        assert!(moved(&h), "a rollout began");
+        h.died(&rel("1.0"), 1);
+        h.note = Some(Note::Failure("something".into()));
+        h.clear_failure();
+        assert!(!moved(&h), "no rollout changed");
+        h.went_live(2, None, at(1));
+        assert!(moved(&h), "it succeeded");
+        assert_eq!(h.last_rollout().unwrap().outcome, Outcome::Succeeded);
+        h.begin_recovery(rel("2.0"), 3, Trigger::Restart, at(2));
+        assert!(moved(&h), "a restart");
+        h.begin_recovery(rel("2.0"), 4, Trigger::Restart, at(3));
+        assert!(moved(&h), "folded into the same entry");
+        h.finish_generation(4, Outcome::Failed("again".into()), at(4));
+        assert!(moved(&h), "the restart failed");
+        h.carry(vec![]);
+        assert!(moved(&h));
     }
 
     #[test]

@@ -158,6 +158,10 @@ impl Core {
     pub fn rollouts(&self) -> impl Iterator<Item = &RolloutRecord> {
         self.history.rollouts()
     }
+    /// Differs whenever [`Core::rollouts`] differ.
+    pub fn history_revision(&self) -> u64 {
+        self.history.revision()
+    }
     pub fn last_rollback(&self) -> Option<&history::Rollback> {
         self.history.last_rollback()
     }

@@ -1,7 +1,7 @@
-//! `baton history`: what served when. The rollouts the state file keeps
+//! `baton history`: what served when. The rollouts the history file keeps
 //! (this baton's and those of the batons before it on the app dir), oldest
-//! first, in a table or as JSON. It reads the state file whether or not
-//! baton runs: the history outlives the baton that wrote it.
+//! first, in a table or as JSON. It reads the files whether or not baton
+//! runs: the history outlives the baton that wrote it.
 
 use std::time::Duration;
 

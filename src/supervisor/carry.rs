@@ -1,6 +1,6 @@
-//! What a new baton takes over from the state file of the one that ran
-//! before it on this app dir: the history of rollouts, and the last known
-//! good release and the held-back release (the rule is
+//! What a new baton takes over from the state file (and the history file)
+//! of the one that ran before it on this app dir: the history of rollouts,
+//! and the last known good release and the held-back release (the rule is
 //! [`crate::core::recovery`]'s), checked against the files as they are now.
 //! (What served last comes from the links, `links::last_live`.) The state
 //! file names releases by their files; a release's own settings (readiness
@@ -29,11 +29,13 @@ impl Supervisor {
                 return;
             }
         };
+        if let Some(e) = &carried.history_unreadable {
+            warn!("{e}; the history starts afresh");
+        }
         // The history is the app dir's, whatever current.conf it was for.
         if !carried.history.is_empty() {
             info!(
-                "{}: carrying over {} rollout(s) of history (baton pid {})",
-                state_file.display(),
+                "carrying over {} rollout(s) of history (baton pid {})",
                 carried.history.len(),
                 carried.pid
             );
@@ -45,15 +47,19 @@ impl Supervisor {
                     .collect(),
             );
         }
-        if carried.config.as_ref() != Some(&self.paths.config) {
+        let Some(config) = &carried.config else {
+            // Only a history file: the state file is gone.
+            info!(
+                "{} is missing; nothing is known good yet",
+                state_file.display()
+            );
+            return;
+        };
+        if config != &self.paths.config {
             info!(
                 "{} was written for {}, not {}; nothing is known good yet",
                 state_file.display(),
-                carried
-                    .config
-                    .as_deref()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_else(|| "no current.conf".into()),
+                config.display(),
                 self.paths.config.display()
             );
             return;

@@ -49,7 +49,7 @@ use crate::notify::NotifySocket;
 use crate::paths::AppPaths;
 use crate::report;
 use crate::sockets::{self, Listeners};
-use crate::state::{InstanceLock, StateWriter, Trigger};
+use crate::state::{InstanceLock, Trigger, Writer};
 use crate::systemd::Systemd;
 use crate::watch::Watcher;
 
@@ -178,7 +178,10 @@ struct Supervisor {
     notify: NotifySocket,
     watcher: Watcher,
     policy: Policy,
-    state: StateWriter,
+    state: Writer,
+    history: Writer,
+    /// The history's revision last handed to `history`.
+    history_rev: Option<u64>,
     /// When baton (the process) started.
     started: SystemTime,
     image: Image,
@@ -291,7 +294,9 @@ impl Supervisor {
             notify,
             watcher,
             policy: policy(args),
-            state: StateWriter::new(&paths.app_dir),
+            state: Writer::state(&paths.app_dir),
+            history: Writer::history(&paths.app_dir),
+            history_rev: None,
             started: image.started,
             image,
             paths,
@@ -336,6 +341,7 @@ impl Supervisor {
                 self.reloads.deadline(),
                 self.strays_deadline(),
                 self.state.retry_at(),
+                self.history.retry_at(),
                 self.watch_retry.map(|(at, _)| at),
                 self.upgrades.deadline(),
                 self.watchdog_at,
@@ -439,7 +445,8 @@ impl Supervisor {
         }
     }
 
-    /// The state file, then what systemd is to be told (READY=1,
+    /// The state file (and the history file, when the history changed),
+    /// then what systemd is to be told (READY=1,
     /// RELOADING=1, STOPPING=1 as the core asked, and STATUS=), each only
     /// when changed. In that order: whoever learns something from systemd
     /// (`systemctl start` returning, a changed StatusText) and then reads
@@ -457,14 +464,21 @@ impl Supervisor {
                 boot_id: self.boot_id.as_deref(),
             },
         );
-        let status = match self.state.write(&state, Instant::now()) {
-            None => state.status,
-            Some(why) => format!(
-                "{}; {} not written: {why}",
-                state.status,
-                self.paths.state_file().display()
-            ),
-        };
+        let now = Instant::now();
+        let mut status = state.status.clone();
+        self.state.write(&state, now);
+        // The history, only when it changed (a rollout began or ended) or a
+        // failed write is due again: it is the larger file by far.
+        let rev = self.core.history_revision();
+        if self.history_rev != Some(rev) || self.history.retry_at().is_some_and(|at| at <= now) {
+            self.history.write(&report::history(&self.core), now);
+            self.history_rev = Some(rev);
+        }
+        for w in [&self.state, &self.history] {
+            if let Some(why) = w.failing() {
+                status.push_str(&format!("; {} not written: {why}", w.path().display()));
+            }
+        }
         for tell in std::mem::take(&mut self.tell) {
             match tell {
                 Tell::Ready => self.systemd.ready(&status),

@@ -41,7 +41,7 @@ use crate::notify::NotifySocket;
 use crate::paths::AppPaths;
 use crate::sockets::Listeners;
 use crate::spawn::{self, Child, Exec};
-use crate::state::{InstanceLock, RolloutResult, StateWriter, Trigger, UpgradeInfo};
+use crate::state::{InstanceLock, RolloutResult, Trigger, UpgradeInfo, Writer};
 use crate::systemd::Systemd;
 use crate::watch::Watcher;
 
@@ -423,7 +423,9 @@ impl Supervisor {
             notify,
             watcher: Watcher::new(&paths.config)?,
             policy: policy(args),
-            state: StateWriter::new(&paths.app_dir),
+            state: Writer::state(&paths.app_dir),
+            history: Writer::history(&paths.app_dir),
+            history_rev: None,
             started: h.started,
             image: Image::this(),
             paths,

@@ -398,10 +398,8 @@ fn ready_and_an_edit_seen_together_are_taken_in_turn() {
     let new = rig.wait_live("3.0");
     let report = load.stop();
     assert_eq!(report.failed, 0, "{:?}", report.errors);
-    let state = rig.state().unwrap();
-    let history: Vec<(String, String)> = state["history"]
-        .as_array()
-        .unwrap()
+    let history: Vec<(String, String)> = rig
+        .history()
         .iter()
         .map(|r| {
             (
@@ -520,9 +518,18 @@ fn a_full_state_directory_is_one_error_and_the_serving_goes_on() {
     rig.wait_status(&format!("serving app.1.0 (pid {pid1}, generation 3)"));
     state_is_current_or_absent(&rig, "1.0");
     assert_eq!(
-        rig.log_lines(&["ERROR", "cannot write"]).len(),
+        rig.log_lines(&["ERROR", "cannot write", "baton.state:"])
+            .len(),
         1,
         "one error, not one per change\n{}",
+        rig.log()
+    );
+    // The history file had room in its old place (or one error of its own).
+    assert!(
+        rig.log_lines(&["ERROR", "cannot write", "baton.history:"])
+            .len()
+            <= 1,
+        "{}",
         rig.log()
     );
     // Room again: written by itself, without another change.
@@ -546,8 +553,9 @@ fn a_full_state_directory_is_one_error_and_the_serving_goes_on() {
 
 /// The app dir turns read-only (a read-only mount over it): rollouts go
 /// on, one error line for the state file (whose old content cannot be
-/// removed, and says so) and one per rollout for the links, STATUS says
-/// the state is not written; writable again, it is written again.
+/// removed, and says so), one for the history file and one per rollout
+/// for the links, STATUS says the state is not written; writable again,
+/// both are written again.
 #[test]
 fn a_state_directory_turned_read_only_is_one_error_and_the_serving_goes_on() {
     let (rig, state, _) = state_on_a_tmpfs("p-ro");
@@ -580,10 +588,20 @@ fn a_state_directory_turned_read_only_is_one_error_and_the_serving_goes_on() {
         "serving app.2.0 (pid {pid2}, generation 2): release 2.0 accepting; {} not written: Read-only file system",
         file.display()
     ));
-    assert_eq!(rig.log_lines(&["ERROR", "cannot write"]).len(), 1);
+    // One error per file, not one per change: the state file's, and the
+    // history file's (the rollout to 2.0 began and ended).
+    for f in ["baton.state:", "baton.history:"] {
+        assert_eq!(
+            rig.log_lines(&["ERROR", "cannot write", f]).len(),
+            1,
+            "{f}\n{}",
+            rig.log()
+        );
+    }
     // (Lazily: 2.0's working directory is on it.)
     in_batons_mounts(&rig, &format!("umount -l {}", state.display()));
     rig.wait_line(&[&format!("wrote {} again", file.display())]);
+    rig.wait_line(&[&format!("wrote {}/baton.history again", state.display())]);
     assert_eq!(rig.wait_live("2.0"), pid2);
     let report = load.stop();
     assert_eq!(report.failed, 0, "{:?}", report.errors);

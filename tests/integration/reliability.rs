@@ -340,7 +340,7 @@ fn a_release_that_crashes_in_probation_goes_back_at_once_to_the_release_it_repla
     );
     assert_eq!(state["last_rollback"]["from"]["name"], "app.2.0");
     assert_eq!(state["last_rollback"]["to"]["name"], "app.1.0");
-    let history = state["history"].as_array().unwrap();
+    let history = rig.history();
     let (edit, back) = (&history[1], &history[2]);
     assert_eq!(
         (&edit["release"]["name"], &edit["result"], &back["trigger"]),

@@ -596,10 +596,9 @@ fn history_says_what_served_when_across_a_restart_of_baton() {
         baton_cmd(&args)
     };
     // The newest history entry is a `trigger` that succeeded.
-    let last_is = |s: &serde_json::Value, trigger: &str| {
-        s["history"]
-            .as_array()
-            .and_then(|h| h.last())
+    let last_is = |rig: &Rig, trigger: &str| {
+        rig.history()
+            .last()
             .is_some_and(|r| r["trigger"] == trigger && r["result"] == "succeeded")
     };
     rig.point("2.0");
@@ -615,15 +614,16 @@ fn history_says_what_served_when_across_a_restart_of_baton() {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL).unwrap()
     };
     kill(five);
+    // The history has a file of its own; the state file, rewritten on
+    // every change, does not carry it.
+    assert!(rig.state().unwrap().get("history").is_none());
     let six = rig.wait_live_anew("1.0", five);
     rig.wait("state: the rollback succeeded", || {
-        rig.state().is_some_and(|s| last_is(&s, "rollback"))
+        last_is(&rig, "rollback")
     });
     kill(six);
     rig.wait_live_anew("1.0", six);
-    rig.wait("state: the restart succeeded", || {
-        rig.state().is_some_and(|s| last_is(&s, "restart"))
-    });
+    rig.wait("state: the restart succeeded", || last_is(&rig, "restart"));
     let first = rig.baton_pid() as u64;
 
     let mut want = vec![
@@ -726,7 +726,7 @@ fn history_says_what_served_when_across_a_restart_of_baton() {
     let second = rig.baton_pid() as u64;
     rig.wait("the new baton's startup in the history", || {
         rig.state()
-            .is_some_and(|s| s["pid"] == second && last_is(&s, "rollback"))
+            .is_some_and(|s| s["pid"] == second && last_is(&rig, "rollback"))
     });
     want.push(Entry {
         reason: Some("held back: it crashed"),

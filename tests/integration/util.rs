@@ -370,6 +370,16 @@ impl Rig {
         serde_json::from_slice(&text).ok()
     }
 
+    /// The rollouts in the history file, oldest first (none without one).
+    pub fn history(&self) -> Vec<serde_json::Value> {
+        let dir = self.state_dir.as_ref().unwrap_or(&self.app_dir);
+        std::fs::read(dir.join("baton.history"))
+            .ok()
+            .and_then(|t| serde_json::from_slice::<serde_json::Value>(&t).ok())
+            .and_then(|h| h["history"].as_array().cloned())
+            .unwrap_or_default()
+    }
+
     /// Sends `sig` to baton.
     pub fn signal(&self, sig: Signal) {
         kill(Pid::from_raw(self.baton_pid()), sig).unwrap();
