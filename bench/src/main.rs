@@ -1015,9 +1015,10 @@ fn print_report(
             c.idle_cpu_us()
         );
         println!(
-            "  churn: {:.0} us CPU and {:.1} wakeups per rollout",
+            "  churn: {:.0} us CPU, {:.1} wakeups and {:.1} KiB written per rollout",
             c.cpu_per_rollout_us(),
-            (c.end.ctx_switches - c.start.ctx_switches) as f64 / c.rollouts.max(1) as f64
+            (c.end.ctx_switches - c.start.ctx_switches) as f64 / c.rollouts.max(1) as f64,
+            c.written_per_rollout() / 1024.0
         );
         println!("\n4. Scale and leaks");
         println!(

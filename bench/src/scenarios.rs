@@ -131,6 +131,10 @@ impl Churn {
     pub fn cpu_per_rollout_us(&self) -> f64 {
         (self.end.cpu_ns - self.start.cpu_ns) as f64 / 1000.0 / self.rollouts.max(1) as f64
     }
+    /// Bytes baton wrote per rollout (its log to a pipe included).
+    pub fn written_per_rollout(&self) -> f64 {
+        (self.end.wchar - self.start.wchar) as f64 / self.rollouts.max(1) as f64
+    }
     pub fn idle_wakeups(&self) -> u64 {
         self.idle_end.ctx_switches - self.end.ctx_switches
     }
@@ -148,6 +152,7 @@ impl Churn {
             "at_end": self.end.json(),
             "samples": self.samples,
             "cpu_per_rollout_us": crate::stats::round(self.cpu_per_rollout_us(), 1),
+            "bytes_written_per_rollout": crate::stats::round(self.written_per_rollout(), 0),
             "ctx_switches_per_rollout": crate::stats::round(
                 (self.end.ctx_switches - self.start.ctx_switches) as f64 / self.rollouts.max(1) as f64, 1),
             "idle": {

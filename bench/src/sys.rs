@@ -496,6 +496,9 @@ pub struct Snapshot {
     pub ctx_switches: u64,
     /// Time on CPU (schedstat), ns.
     pub cpu_ns: u64,
+    /// Bytes passed to write(2) and the like (`wchar` in /proc/PID/io):
+    /// what baton writes, the state and history files above all.
+    pub wchar: u64,
 }
 
 impl Snapshot {
@@ -503,7 +506,7 @@ impl Snapshot {
         serde_json::json!({
             "rss_kib": self.rss_kib, "hwm_kib": self.hwm_kib, "fds": self.fds,
             "threads": self.threads, "children": self.children, "zombies": self.zombies,
-            "ctx_switches": self.ctx_switches, "cpu_ns": self.cpu_ns,
+            "ctx_switches": self.ctx_switches, "cpu_ns": self.cpu_ns, "wchar": self.wchar,
         })
     }
 }
@@ -523,6 +526,14 @@ pub fn snapshot(pid: i32) -> io::Result<Snapshot> {
         .split_whitespace()
         .next()
         .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    s.wchar = std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .ok()
+        .and_then(|io| {
+            io.lines()
+                .find_map(|l| l.strip_prefix("wchar:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
         .unwrap_or(0);
     for p in procs::children(pid) {
         s.children += 1;
