@@ -1032,14 +1032,17 @@ fn baton_switch_wait_returns_once_the_release_serves_or_fails() {
     assert_eq!(s.serving.unwrap().release.name, "app.2.0");
     // (1.0, retired, still accepts until its drain begins: ask who answers
     // once it is gone.)
-    wait_for("the retired generation to be gone", LONG, || {
-        let s = m.state("app").unwrap();
-        if s.generations.len() == 1 {
-            Ok(())
-        } else {
-            Err(format!("{:?}", s.generations))
-        }
-    });
+    let retired_gone = || {
+        wait_for("the retired generation to be gone", LONG, || {
+            let s = m.state("app").unwrap();
+            if s.generations.len() == 1 {
+                Ok(())
+            } else {
+                Err(format!("{:?}", s.generations))
+            }
+        })
+    };
+    retired_gone();
     assert!(m.get_ok("/").body.starts_with("release 2.0 "));
     let conf = std::fs::read_to_string(m.app_dir("app").join("release/current.conf")).unwrap();
     let v: serde_json::Value = serde_json::from_str(&conf).unwrap();
@@ -1077,6 +1080,7 @@ fn baton_switch_wait_returns_once_the_release_serves_or_fails() {
     // Back to 1.0 with --wait: the rollout back succeeds.
     let out = baton(&m, &["switch", "1.0", "--wait"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    retired_gone();
     assert!(m.get_ok("/").body.starts_with("release 1.0 "));
 }
 
