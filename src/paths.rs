@@ -65,10 +65,6 @@ impl AppPaths {
         self.app_dir.join(STATE_FILE)
     }
 
-    pub fn history_file(&self) -> PathBuf {
-        self.app_dir.join(HISTORY_FILE)
-    }
-
     pub fn lock_file(&self) -> PathBuf {
         self.app_dir.join(LOCK_FILE)
     }

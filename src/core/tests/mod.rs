@@ -53,6 +53,24 @@ impl Rig {
             wall: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000) + d,
         }
     }
+    /// Hands the core over as `baton upgrade` does (JSON, then the
+    /// settings of the new image) and asserts its next deadline came back
+    /// where it was (instants come back through CLOCK_MONOTONIC readings: a
+    /// hair off).
+    fn hand_over(&mut self, s: Settings) {
+        let before = self.f.next_deadline().unwrap();
+        let json = serde_json::to_string(&self.f).unwrap();
+        self.f = serde_json::from_str::<Core>(&json)
+            .unwrap()
+            .with_settings(s);
+        let after = self.f.next_deadline().unwrap();
+        let drift = if after > before {
+            after - before
+        } else {
+            before - after
+        };
+        assert!(drift < Duration::from_millis(5), "{drift:?}");
+    }
     /// Runs the pending actions; returns them.
     fn run(&mut self) -> Vec<Action> {
         let acts = self.f.take_actions();

@@ -312,18 +312,7 @@ fn the_core_survives_a_handover_with_its_deadlines() {
     r.want("1.0", 0.0);
     r.ready(1, 0.1);
     r.want("2.0", 1.0);
-    let before = r.f.next_deadline().unwrap();
-    let json = serde_json::to_string(&r.f).unwrap();
-    r.f = serde_json::from_str::<Core>(&json)
-        .unwrap()
-        .with_settings(settings());
-    let after = r.f.next_deadline().unwrap();
-    let drift = if after > before {
-        after - before
-    } else {
-        before - after
-    };
-    assert!(drift < Duration::from_millis(5), "{drift:?}");
+    r.hand_over(settings());
     assert_eq!(r.live(), Some((1, "app.1.0".into())));
     assert_eq!(r.f.candidate().unwrap().pid, Some(102));
     assert_eq!(r.ready(2, 1.5), vec![Action::Promote { id: 2 }, term(1)]);
