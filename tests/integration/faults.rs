@@ -319,6 +319,32 @@ fn a_restarted_baton_falls_back_to_what_served_last() {
     rig.wait_status("cannot roll out");
 }
 
+/// A history file that cannot be parsed (cut short, edited by hand): the
+/// next baton says which file and why, starts its history afresh, serves,
+/// and writes a whole history file again.
+#[test]
+fn a_broken_history_file_is_a_warning_and_the_history_starts_afresh() {
+    let (mut rig, _) = serving("badhistory", "", "", &[]);
+    rig.signal(Signal::SIGTERM);
+    assert_eq!(rig.wait_exit().code(), Some(0));
+    let file = rig.app_dir.join("baton.history");
+    std::fs::write(&file, "{\"pid\": 1, \"history\": [").unwrap();
+    rig.start(&[]);
+    rig.wait_line(&[
+        "WARN",
+        &format!("parsing {}", file.display()),
+        "EOF while parsing",
+        "the history starts afresh",
+    ]);
+    let pid = rig.wait_live("1.0");
+    assert_eq!(rig.serving(), Some(("1.0".into(), pid)));
+    rig.wait("a whole history file again", || {
+        rig.history()
+            .last()
+            .is_some_and(|r| r["trigger"] == "startup" && r["result"] == "succeeded")
+    });
+}
+
 #[test]
 fn a_release_whose_exec_fails_is_a_failed_rollout() {
     // Executable, so it passes every check; only execve can tell that its
